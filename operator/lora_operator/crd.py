@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from lora_operator import api
+from lora_operator import api, builders
 
 CRD_FILE = f"{api.GROUP}_{api.PLURAL}.yaml"
 
@@ -134,6 +134,13 @@ def build_crd() -> dict[str, Any]:
                             "description": "Fine-tunes a causal LLM with LoRA and reports progress, "
                             "before/after quality metrics and XP in its status.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"size(self.metadata.name) <= {builders.MAX_NAME_LENGTH}",
+                                    "message": f"metadata.name must be at most {builders.MAX_NAME_LENGTH} "
+                                    "characters: the trainer Job and its pod labels derive from it",
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
