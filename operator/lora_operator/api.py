@@ -172,7 +172,7 @@ class LoraSettings(_Model):
     alpha: float = Field(32, gt=0, le=4096, description="LoRA alpha (scaling = alpha / rank).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, max_length=64,
+        ["q_proj", "v_proj"], min_length=1, max_length=64,
         description="Module names to adapt, or ['all-linear']. Names matching no module are an error.")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Per-device batch size.")
     epochs: float | None = Field(None, gt=0, le=1000, description="Training epochs.")

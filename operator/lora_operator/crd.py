@@ -44,7 +44,14 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
         if key in _DROP or (key == "default" and value is None):
             continue
         if key == "properties":
-            out[key] = {name: _convert(sub, defs) for name, sub in value.items()}
+            required = set(node.get("required", []))
+            out[key] = {}
+            for name, sub in value.items():
+                out[key][name] = _convert(sub, defs)
+                # A non-optional nested model with a default factory: default it to {} so the
+                # apiserver fills in its leaf defaults and `kubectl get -o yaml` shows them.
+                if set(sub) == {"$ref"} and name not in required:
+                    out[key][name]["default"] = {}
         elif key == "exclusiveMinimum":
             out["minimum"], out["exclusiveMinimum"] = value, True
         elif key == "exclusiveMaximum":

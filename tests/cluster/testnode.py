@@ -1,0 +1,813 @@
+"""kubelet-lite: a fake Node that runs its pods as local processes.
+
+It registers a Node with nominal cpu/memory/pods and ``nvidia.com/gpu`` capacity, keeps
+its Ready condition fresh, and runs each pod the scheduler binds to it as a local process
+group, reporting pod status like a kubelet, so that the real Job controller, garbage
+collector and scheduler drive it. What is emulated and what is not: see README.md here.
+
+Semantics worth knowing:
+- Only the first container runs (others and init containers are ignored, with a warning).
+  Its image is ignored: ``command + args`` must be runnable from this process's PATH.
+- Every restartPolicy behaves like Never: a pod that exits is finished. With OnFailure the
+  Job controller therefore sees a failed pod and creates a replacement.
+- Container paths do not exist locally, so each volumeMount's ``mountPath`` (longest
+  first) and the terminationMessagePath are rewritten to per-pod local paths wherever they
+  appear in command, args, env values and workingDir. Paths a program hard-codes are not.
+- A pod that mounts a service-account token at the standard path also gets ``KUBECONFIG``
+  pointing at a kubeconfig that uses that token, since the in-cluster loaders of client
+  libraries read the fixed path /var/run/secrets/kubernetes.io/serviceaccount.
+- Pending PVCs are bound to hostPath PVs under the state dir (a local-path provisioner),
+  since the scheduler will not place a pod whose claims are unbound.
+
+Run: ``python -m tests.cluster.testnode --kubeconfig K --state-dir D [--name N] [--gpus 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from kubernetes import client, config
+
+from tests.cluster.controlplane import ControlPlane, log_tail, terminate_group
+
+DEFAULT_NODE_NAME = "lora-test-node"
+LOCAL_IP = "127.0.0.1"
+NOMINAL_CPU = "16"  # nothing enforces requests here; nominal capacity keeps pods schedulable
+NOMINAL_MEMORY = "64Gi"
+MAX_PODS = "110"
+HEARTBEAT_SECONDS = 10.0
+GRACE_CAP_SECONDS = 10.0
+MESSAGE_LIMIT = 4096
+FALLBACK_LINES = 80
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+PV_LABEL = "lora-test/provisioned-by-node"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+log = logging.getLogger("testnode")
+Obj = dict[str, Any]
+
+
+class PodSetupError(Exception):
+    """The pod cannot be started; the message becomes its status message."""
+
+
+def now() -> str:
+    """RFC 3339 UTC timestamp at second precision, as the API stores it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def raw(api: client.ApiClient, method: str, path: str, **kwargs: Any) -> Obj:
+    """Call the API and return the JSON as a dict: pods are handled as plain dicts."""
+    resp = api.call_api(path, method, _preload_content=False, auth_settings=["BearerToken"], **kwargs)
+    return dict(json.loads(resp[0].data))
+
+
+def expand_vars(value: str, env: dict[str, str]) -> str:
+    """Kubernetes ``$(VAR)`` expansion: known vars are replaced, ``$$`` escapes, rest kept."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", repl, value)
+
+
+def path_rewriter(mapping: dict[str, str]) -> Callable[[str], str]:
+    """Replace container path prefixes by local paths, longest first, on path boundaries."""
+    keys = sorted((k for k in mapping if k != "/"), key=len, reverse=True)
+    if not keys:
+        return lambda s: s
+    pattern = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(k) for k in keys) + r")(?![\w.-])")
+    return lambda s: pattern.sub(lambda m: mapping[m.group(1)], s)
+
+
+def decode_data(obj: Obj, binary: bool) -> dict[str, bytes]:
+    """ConfigMap (data + binaryData) or Secret (base64 data) contents as bytes."""
+    if binary:
+        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+    out = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+    out.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+    return out
+
+
+def write_files(target: Path, files: dict[str, bytes], default_mode: int | None) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        path = target / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(default_mode if default_mode is not None else 0o644)
+
+
+def exit_code(returncode: int) -> int:
+    """Popen's -N (killed by signal N) becomes the shell convention 128+N, as a runtime reports."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def tail_bytes(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class PodRunner(threading.Thread):
+    """Runs one pod: materializes volumes, starts the process, reports status, handles deletion."""
+
+    def __init__(self, node: TestNode, pod: Obj) -> None:
+        meta = pod["metadata"]
+        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.node = node
+        self.pod = pod
+        self.ns: str = meta["namespace"]
+        self.pod_name: str = meta["name"]
+        self.uid: str = meta["uid"]
+        self.dir = node.state_dir / "pods" / f"{self.ns}_{self.pod_name}_{self.uid}"
+        self.container: Obj = pod["spec"]["containers"][0]
+        self.grace = GRACE_CAP_SECONDS
+        self._delete = threading.Event()  # the pod is being deleted: kill, then finish deletion
+        self._gone = threading.Event()  # the pod no longer exists (or the node stops): just kill
+
+    def request_delete(self, grace_seconds: float | None) -> None:
+        if grace_seconds is not None:
+            self.grace = min(float(grace_seconds), GRACE_CAP_SECONDS)
+        self._delete.set()
+
+    def abandon(self, grace_seconds: float) -> None:
+        """Kill the process without touching the API (pod gone, or node shutting down)."""
+        self.grace = min(grace_seconds, self.grace)
+        self._gone.set()
+
+    # --- API helpers -------------------------------------------------------------------
+    def _core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.node.api)
+
+    def _patch_status(self, status: Obj) -> None:
+        self._core().patch_namespaced_pod_status(self.pod_name, self.ns, {"status": status})
+
+    def _delete_now(self) -> None:
+        """What a kubelet does once the containers are dead: remove the pod for good."""
+        try:
+            self._core().delete_namespaced_pod(
+                self.pod_name,
+                self.ns,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions={"uid": self.uid}),
+            )
+        except client.ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    def _read(self, kind: str, name: str, optional: bool) -> dict[str, bytes] | None:
+        path = f"/api/v1/namespaces/{self.ns}/{'secrets' if kind == 'secret' else 'configmaps'}/{name}"
+        try:
+            return decode_data(raw(self.node.api, "GET", path), binary=kind == "secret")
+        except client.ApiException as e:
+            if e.status == 404 and optional:
+                return None
+            if e.status == 404:
+                raise PodSetupError(f'{kind} "{name}" not found') from e
+            raise
+
+    # --- pod setup ---------------------------------------------------------------------
+    def _field(self, field_path: str) -> str:
+        meta, spec = self.pod["metadata"], self.pod["spec"]
+        m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", field_path)
+        if m:
+            return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+        values = {
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": spec.get("nodeName", ""),
+            "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+            "status.podIP": LOCAL_IP,
+            "status.hostIP": LOCAL_IP,
+        }
+        if field_path not in values:
+            raise PodSetupError(f"fieldRef {field_path!r} is not supported by the test node")
+        return values[field_path]
+
+    def _object_files(self, kind: str, src: Obj) -> dict[str, bytes]:
+        """Files of a configMap/secret volume or projection, honouring items and optional."""
+        name = src.get("name") or src.get("secretName", "")
+        data = self._read(kind, name, bool(src.get("optional")))
+        if data is None:
+            return {}
+        items = src.get("items")
+        if not items:
+            return data
+        files = {}
+        for item in items:
+            if item["key"] not in data:
+                if src.get("optional"):
+                    continue
+                raise PodSetupError(f'{kind} "{name}" has no key "{item["key"]}"')
+            files[item["path"]] = data[item["key"]]
+        return files
+
+    def _token(self, src: Obj) -> bytes:
+        """A real bound token from the TokenRequest API, as the kubelet gets it."""
+        sa = self.pod["spec"].get("serviceAccountName") or "default"
+        spec: Obj = {
+            "expirationSeconds": src.get("expirationSeconds", 3600),
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": self.pod_name, "uid": self.uid},
+        }
+        if src.get("audience"):
+            spec["audiences"] = [src["audience"]]
+        resp = self._core().create_namespaced_service_account_token(sa, self.ns, {"spec": spec})
+        return str(resp.status.token).encode()
+
+    def _volume(self, vol: Obj, target: Path) -> Path:
+        """Materialize one volume under `target` (or find its host dir); return the local path."""
+        if "emptyDir" in vol:
+            target.mkdir(parents=True, exist_ok=True)
+        elif "configMap" in vol:
+            write_files(target, self._object_files("configMap", vol["configMap"]), vol["configMap"].get("defaultMode"))
+        elif "secret" in vol:
+            write_files(target, self._object_files("secret", vol["secret"]), vol["secret"].get("defaultMode"))
+        elif "downwardAPI" in vol:
+            items = vol["downwardAPI"].get("items", [])
+            write_files(target, self._downward(items), vol["downwardAPI"].get("defaultMode"))
+        elif "projected" in vol:
+            files: dict[str, bytes] = {}
+            for src in vol["projected"].get("sources", []):
+                if "serviceAccountToken" in src:
+                    files[src["serviceAccountToken"]["path"]] = self._token(src["serviceAccountToken"])
+                elif "configMap" in src:
+                    files.update(self._object_files("configMap", src["configMap"]))
+                elif "secret" in src:
+                    files.update(self._object_files("secret", src["secret"]))
+                elif "downwardAPI" in src:
+                    files.update(self._downward(src["downwardAPI"].get("items", [])))
+                else:
+                    raise PodSetupError(f"projected source {sorted(src)} is not supported by the test node")
+            write_files(target, files, vol["projected"].get("defaultMode"))
+        elif "persistentVolumeClaim" in vol:
+            return self._claim_dir(vol["persistentVolumeClaim"]["claimName"])
+        else:
+            kinds = sorted(set(vol) - {"name"})
+            raise PodSetupError(f"volume {vol['name']!r} of type {kinds} is not supported by the test node")
+        return target
+
+    def _downward(self, items: list[Obj]) -> dict[str, bytes]:
+        files = {}
+        for item in items:
+            if "fieldRef" not in item:
+                raise PodSetupError("downwardAPI items other than fieldRef are not supported by the test node")
+            files[item["path"]] = self._field(item["fieldRef"]["fieldPath"]).encode()
+        return files
+
+    def _claim_dir(self, claim: str) -> Path:
+        """The host path of the hostPath PV bound to the claim, as a kubelet would mount it."""
+        api = self.node.api
+        pvc = raw(api, "GET", f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/{claim}")
+        pv_name = pvc.get("spec", {}).get("volumeName")
+        if not pv_name:
+            raise PodSetupError(f'persistentvolumeclaim "{claim}" is not bound')
+        host_path = raw(api, "GET", f"/api/v1/persistentvolumes/{pv_name}")["spec"].get("hostPath", {}).get("path")
+        if not host_path:
+            raise PodSetupError(f'persistentvolume "{pv_name}" is not a hostPath volume')
+        Path(host_path).mkdir(parents=True, exist_ok=True)
+        return Path(host_path)
+
+    def _mounts(self) -> dict[str, str]:
+        """Container mountPath -> local path, for the volumes the container mounts."""
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes", [])}
+        local: dict[str, Path] = {}
+        mapping: dict[str, str] = {}
+        for mount in self.container.get("volumeMounts", []):
+            name = mount["name"]
+            if name not in volumes:
+                raise PodSetupError(f"volumeMount {name!r} has no volume")
+            if "subPathExpr" in mount:
+                raise PodSetupError("subPathExpr is not supported by the test node")
+            if name not in local:
+                local[name] = self._volume(volumes[name], self.dir / "volumes" / name)
+            path = local[name] / mount["subPath"] if mount.get("subPath") else local[name]
+            if mount.get("subPath") and not path.exists():
+                path.mkdir(parents=True)
+            mapping[mount["mountPath"].rstrip("/") or "/"] = str(path)
+        return mapping
+
+    def _container_env(self) -> dict[str, str]:
+        """The container's own variables (envFrom, then env), $(VAR)-expanded, not yet rewritten."""
+        env: dict[str, str] = {}
+        for src in self.container.get("envFrom", []):
+            kind = "configMap" if "configMapRef" in src else "secret"
+            ref = src.get("configMapRef") or src.get("secretRef") or {}
+            data = self._read(kind, ref["name"], bool(ref.get("optional"))) or {}
+            env.update({src.get("prefix", "") + k: v.decode() for k, v in data.items()})
+        for var in self.container.get("env", []):
+            name, value_from = var["name"], var.get("valueFrom")
+            if value_from is None:
+                env[name] = expand_vars(var.get("value", ""), env)
+            elif "fieldRef" in value_from:
+                env[name] = self._field(value_from["fieldRef"]["fieldPath"])
+            elif "secretKeyRef" in value_from or "configMapKeyRef" in value_from:
+                kind = "secret" if "secretKeyRef" in value_from else "configMap"
+                ref = value_from.get("secretKeyRef") or value_from["configMapKeyRef"]
+                data = self._read(kind, ref["name"], bool(ref.get("optional"))) or {}
+                if ref["key"] in data:
+                    env[name] = data[ref["key"]].decode()
+                elif not ref.get("optional"):
+                    raise PodSetupError(f'{kind} "{ref["name"]}" has no key "{ref["key"]}"')
+            else:
+                raise PodSetupError(f"env {name}: valueFrom {sorted(value_from)} is not supported by the test node")
+        return env
+
+    def _prepare(self) -> tuple[list[str], dict[str, str], Path, Path]:
+        """argv, env, cwd and the local termination-message file for the container."""
+        for d in ("home", "work"):
+            (self.dir / d).mkdir(parents=True, exist_ok=True)
+        mapping = self._mounts()
+        rewrite = path_rewriter(mapping)
+        term_path = self.container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
+        term_local = Path(rewrite(term_path))
+        if str(term_local) == term_path:
+            # Map only the file itself: mapping its parent (/dev) would also capture /dev/null.
+            term_local = self.dir / "termination-log"
+            mapping[term_path] = str(term_local)
+            rewrite = path_rewriter(mapping)
+        term_local.parent.mkdir(parents=True, exist_ok=True)
+        term_local.touch()
+
+        own = self._container_env()
+        argv = [expand_vars(a, own) for a in [*self.container.get("command", []), *self.container.get("args", [])]]
+        if not argv:
+            raise PodSetupError("container has no command: image entrypoints are unknown to the test node")
+        host, port = self.node.api_host_port
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(self.dir / "home"),
+            "HOSTNAME": self.pod_name,
+            "KUBERNETES_SERVICE_HOST": host,
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+        }
+        if SA_MOUNT in mapping and (Path(mapping[SA_MOUNT]) / "token").exists():
+            env["KUBECONFIG"] = str(self._write_pod_kubeconfig(Path(mapping[SA_MOUNT])))
+        env.update({k: rewrite(v) for k, v in own.items()})
+        working_dir = self.container.get("workingDir")
+        cwd = Path(rewrite(working_dir)) if working_dir and rewrite(working_dir) != working_dir else self.dir / "work"
+        cwd.mkdir(parents=True, exist_ok=True)
+        return [rewrite(a) for a in argv], env, cwd, term_local
+
+    def _write_pod_kubeconfig(self, sa_dir: Path) -> Path:
+        path = self.dir / "kubeconfig"
+        cluster: Obj = {"server": self.node.api.configuration.host}
+        if (sa_dir / "ca.crt").exists():
+            cluster["certificate-authority"] = str(sa_dir / "ca.crt")
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": cluster}],
+            "users": [{"name": "pod", "user": {"tokenFile": str(sa_dir / "token")}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "cluster", "user": "pod", "namespace": self.ns}}],
+            "current-context": "pod",
+        }
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("pod %s/%s: test node error", self.ns, self.pod_name)
+            if not self._gone.is_set():
+                try:
+                    self._fail("TestNodeError", "the test node failed to run this pod; see its log")
+                except Exception:
+                    log.exception("pod %s/%s: could not report failure", self.ns, self.pod_name)
+
+    def _fail(self, reason: str, message: str) -> None:
+        """Mark a pod that never started Failed (with a StartError container), then finish deletion."""
+        log.warning("pod %s/%s failed: %s: %s", self.ns, self.pod_name, reason, message)
+        ts = now()
+        terminated = {"exitCode": 128, "reason": "StartError", "message": message, "startedAt": ts, "finishedAt": ts}
+        self._patch_status({
+            "phase": "Failed", "reason": reason, "message": message, "startTime": ts,
+            "hostIP": LOCAL_IP, "hostIPs": [{"ip": LOCAL_IP}],
+            "containerStatuses": [self._container_status(False, {"terminated": terminated})],
+        })  # fmt: skip
+        if self._delete.is_set():
+            self._delete_now()
+
+    def _container_status(self, running: bool, state: Obj, container_id: str = "") -> Obj:
+        status = {
+            "name": self.container["name"],
+            "image": self.container.get("image", ""),
+            "imageID": "",
+            "ready": running,
+            "started": running,
+            "restartCount": 0,
+            "state": state,
+        }
+        if container_id:
+            status["containerID"] = container_id
+        return status
+
+    def _conditions(self, ready: bool, reason: str = "") -> list[Obj]:
+        ts = now()
+        out = []
+        for ctype in ("PodScheduled", "PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"):
+            is_true = ready or ctype not in ("ContainersReady", "Ready")
+            cond = {"type": ctype, "status": "True" if is_true else "False", "lastTransitionTime": ts}
+            if not is_true and reason:
+                cond["reason"] = reason
+            out.append(cond)
+        return out
+
+    def _run(self) -> None:
+        spec = self.pod["spec"]
+        if len(spec["containers"]) > 1 or spec.get("initContainers"):
+            log.warning("pod %s/%s: only container %r runs", self.ns, self.pod_name, self.container["name"])
+        try:
+            argv, env, cwd, term_local = self._prepare()
+        except PodSetupError as e:
+            self._fail("StartError", str(e))
+            return
+        out_path, err_path = self.dir / "stdout.log", self.dir / "stderr.log"
+        log.info(
+            "pod %s/%s: running %s (image %s ignored); logs %s, %s",
+            self.ns, self.pod_name, argv, self.container.get("image"), out_path, err_path,
+        )  # fmt: skip
+        try:
+            with out_path.open("wb") as out, err_path.open("wb") as err:
+                proc = subprocess.Popen(
+                    argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+                )
+        except OSError as e:
+            self._fail("StartError", f"cannot run {argv[0]!r}: {e}")
+            return
+        started, started_mono = now(), time.monotonic()
+        container_id = f"lora-test://{proc.pid}"
+        self._patch_status({
+            "phase": "Running", "startTime": started,
+            "hostIP": LOCAL_IP, "hostIPs": [{"ip": LOCAL_IP}], "podIP": LOCAL_IP, "podIPs": [{"ip": LOCAL_IP}],
+            "conditions": self._conditions(True),
+            "containerStatuses": [self._container_status(True, {"running": {"startedAt": started}}, container_id)],
+        })  # fmt: skip
+
+        deadline_s = spec.get("activeDeadlineSeconds")
+        pod_reason = pod_message = ""
+        while True:
+            try:
+                returncode = proc.wait(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self._gone.is_set() or self._delete.is_set():
+                returncode = self._kill(proc)
+                break
+            if deadline_s is not None and time.monotonic() - started_mono > deadline_s:
+                pod_reason = "DeadlineExceeded"
+                pod_message = "Pod was active on the node longer than the specified deadline"
+                returncode = self._kill(proc)
+                break
+        code = exit_code(returncode)
+        log.info("pod %s/%s: exited with %d", self.ns, self.pod_name, code)
+        if self._gone.is_set():
+            return
+        message = self._termination_message(term_local, code, out_path, err_path)
+        terminated = {
+            "exitCode": code, "reason": "Completed" if code == 0 else "Error",
+            "startedAt": started, "finishedAt": now(), "containerID": container_id,
+        }  # fmt: skip
+        if message:
+            terminated["message"] = message
+        phase = "Succeeded" if code == 0 and not pod_reason else "Failed"
+        status: Obj = {
+            "phase": phase,
+            "conditions": self._conditions(False, "PodCompleted" if phase == "Succeeded" else "PodFailed"),
+            "containerStatuses": [self._container_status(False, {"running": None, "terminated": terminated}, container_id)],
+        }
+        if pod_reason:
+            status.update(reason=pod_reason, message=pod_message)
+        self._patch_status(status)
+        if self._delete.is_set():
+            self._delete_now()
+
+    def _kill(self, proc: subprocess.Popen[bytes]) -> int:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            return proc.wait(timeout=self.grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
+        except ProcessLookupError:
+            return proc.wait()
+
+    def _termination_message(self, term_local: Path, code: int, out_path: Path, err_path: Path) -> str:
+        with term_local.open("rb") as f:
+            message = f.read(MESSAGE_LIMIT).decode(errors="replace")
+        if message or code == 0 or self.container.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+            return message
+        lines = [*tail_bytes(out_path, FALLBACK_LINES).splitlines(), *tail_bytes(err_path, FALLBACK_LINES).splitlines()]
+        text = "\n".join(lines[-FALLBACK_LINES:]).encode()
+        return text[-MESSAGE_LIMIT:].decode(errors="replace")
+
+
+class TestNode:
+    """The node agent: registration, heartbeat, PVC provisioning and the pod watch."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, kubeconfig: Path, state_dir: Path, name: str = DEFAULT_NODE_NAME, gpus: int = 2) -> None:
+        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.state_dir = state_dir.resolve()
+        self.name = name
+        self.gpus = gpus
+        url = urlsplit(self.api.configuration.host)
+        self.api_host_port = (url.hostname or LOCAL_IP, str(url.port or 443))
+        self.stop_event = threading.Event()
+        self._runners: dict[str, PodRunner] = {}
+        self._lock = threading.Lock()
+        self._since = now()
+
+    # --- node object -------------------------------------------------------------------
+    def register(self) -> None:
+        labels = {
+            "kubernetes.io/hostname": self.name,
+            "kubernetes.io/os": "linux",
+            "nvidia.com/gpu.present": "true",
+        }
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": labels}}
+        try:
+            self.core.create_node(body)
+        except client.ApiException as e:
+            if e.status != 409:
+                raise
+            self.core.patch_node(self.name, {"metadata": {"labels": labels}})
+        capacity = {
+            "cpu": NOMINAL_CPU,
+            "memory": NOMINAL_MEMORY,
+            "pods": MAX_PODS,
+            "ephemeral-storage": f"{shutil.disk_usage(self.state_dir).total // 1024}Ki",
+        }
+        if self.gpus:
+            capacity["nvidia.com/gpu"] = str(self.gpus)
+        self.core.patch_node_status(self.name, {"status": {
+            "capacity": capacity, "allocatable": capacity,
+            "addresses": [{"type": "InternalIP", "address": LOCAL_IP}, {"type": "Hostname", "address": self.name}],
+            "nodeInfo": {"kubeletVersion": "lora-test-node", "operatingSystem": "linux", "architecture": os.uname().machine},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        }})  # fmt: skip
+        self.heartbeat()
+        log.info("node %s registered (%s gpus); state dir %s", self.name, self.gpus, self.state_dir)
+
+    def heartbeat(self) -> None:
+        ts = now()
+        conditions = [
+            {"type": t, "status": "False", "reason": f"Kubelet{r}", "lastHeartbeatTime": ts, "lastTransitionTime": self._since}
+            for t, r in (("MemoryPressure", "HasSufficientMemory"), ("DiskPressure", "HasNoDiskPressure"),
+                         ("PIDPressure", "HasSufficientPID"))
+        ]  # fmt: skip
+        conditions.append({
+            "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "lora test node is ready",
+            "lastHeartbeatTime": ts, "lastTransitionTime": self._since,
+        })  # fmt: skip
+        self.core.patch_node_status(self.name, {"status": {"conditions": conditions}})
+
+    # --- local-path provisioner ----------------------------------------------------------
+    def provision(self) -> None:
+        """Bind Pending claims to new hostPath PVs; delete our Released PVs and their dirs."""
+        for pvc in raw(self.api, "GET", "/api/v1/persistentvolumeclaims")["items"]:
+            meta, spec = pvc["metadata"], pvc["spec"]
+            if pvc.get("status", {}).get("phase") != "Pending" or spec.get("volumeName") or meta.get("deletionTimestamp"):
+                continue
+            pv_name = f"pvc-{meta['uid']}"
+            pv = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv_name, "labels": {PV_LABEL: self.name}},
+                "spec": {
+                    "capacity": {"storage": spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")},
+                    "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                    "volumeMode": spec.get("volumeMode", "Filesystem"),
+                    "storageClassName": spec.get("storageClassName") or "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "claimRef": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
+                    "hostPath": {"path": str(self.state_dir / "volumes" / pv_name), "type": "DirectoryOrCreate"},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.name]}]}]}},
+                },
+            }  # fmt: skip
+            try:
+                self.core.create_persistent_volume(pv)
+                log.info("pvc %s/%s: provisioned %s", meta["namespace"], meta["name"], pv_name)
+            except client.ApiException as e:
+                if e.status != 409:
+                    raise
+        pvs = raw(self.api, "GET", "/api/v1/persistentvolumes", query_params=[("labelSelector", f"{PV_LABEL}={self.name}")])
+        for pv in pvs["items"]:
+            if pv.get("status", {}).get("phase") == "Released":
+                self.core.delete_persistent_volume(pv["metadata"]["name"])
+                shutil.rmtree(pv["spec"]["hostPath"]["path"], ignore_errors=True)
+
+    def housekeeping(self) -> None:
+        """Heartbeat every HEARTBEAT_SECONDS, provision claims every second; survive API errors."""
+        last_beat = time.monotonic()
+        while not self.stop_event.wait(1.0):
+            try:
+                if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                    self.heartbeat()
+                    last_beat = time.monotonic()
+                self.provision()
+            except Exception:
+                log.exception("housekeeping failed; retrying")
+
+    # --- pods --------------------------------------------------------------------------
+    def watch_pods(self) -> None:
+        """List+watch this node's pods forever, relisting after any error or watch expiry."""
+        selector = f"spec.nodeName={self.name}"
+        while not self.stop_event.is_set():
+            try:
+                listing = raw(self.api, "GET", "/api/v1/pods", query_params=[("fieldSelector", selector)])
+                present = {p["metadata"]["uid"] for p in listing["items"]}
+                for pod in listing["items"]:
+                    self.reconcile(pod, deleted=False)
+                with self._lock:
+                    vanished = [r for uid, r in self._runners.items() if uid not in present]
+                for runner in vanished:
+                    self.reconcile(runner.pod, deleted=True)
+                resp = self.core.list_pod_for_all_namespaces(
+                    field_selector=selector,
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    allow_watch_bookmarks=False,
+                    watch=True,
+                    timeout_seconds=60,
+                    _preload_content=False,
+                    _request_timeout=90,
+                )
+                try:
+                    for line in resp:
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            break  # typically 410 Gone: relist
+                        self.reconcile(event["object"], deleted=event["type"] == "DELETED")
+                finally:
+                    resp.release_conn()
+            except Exception:
+                if self.stop_event.is_set():
+                    return
+                log.exception("pod watch failed; relisting")
+                time.sleep(1)
+
+    def reconcile(self, pod: Obj, deleted: bool) -> None:
+        """Drive one pod towards what its object says; never raises for a single bad pod."""
+        meta = pod["metadata"]
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        try:
+            self._reconcile(pod, deleted)
+        except Exception:
+            log.exception("pod %s: reconcile failed", key)
+
+    def _reconcile(self, pod: Obj, deleted: bool) -> None:
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            runner = self._runners.get(uid)
+            if deleted:
+                self._runners.pop(uid, None)
+                if runner:
+                    runner.abandon(GRACE_CAP_SECONDS)
+                return
+            phase = pod.get("status", {}).get("phase", "Pending")
+            if pod["metadata"].get("deletionTimestamp"):
+                if runner and runner.is_alive():
+                    runner.request_delete(pod["metadata"].get("deletionGracePeriodSeconds"))
+                    return
+                runner = None  # no live process: nothing to wait for
+            elif runner or phase in ("Succeeded", "Failed"):
+                return
+            elif phase == "Pending":
+                runner = PodRunner(self, pod)
+                self._runners[uid] = runner
+                runner.start()
+                return
+        if runner is None and pod["metadata"].get("deletionTimestamp"):
+            PodRunner(self, pod)._delete_now()
+        elif runner is None and phase == "Running":
+            # Running but not ours: a previous incarnation of this node started it.
+            PodRunner(self, pod)._fail("NodeRestarted", "the test node restarted; the process is gone")
+
+    def run(self) -> None:
+        """Register, then serve until stop_event; finally kill every pod process."""
+        (self.state_dir / "pods").mkdir(parents=True, exist_ok=True)
+        self.register()
+        threading.Thread(target=self.housekeeping, name="housekeeping", daemon=True).start()
+        threading.Thread(target=self.watch_pods, name="pod-watch", daemon=True).start()
+        self.stop_event.wait()
+        with self._lock:
+            runners = list(self._runners.values())
+        for runner in runners:
+            runner.abandon(5.0)
+        for runner in runners:
+            runner.join(timeout=10)
+
+
+class NodeProcess:
+    """Runs `python -m tests.cluster.testnode` against a ControlPlane until the context exits.
+
+    Attributes: name, state_dir, log_path (the agent's own log), process (Popen, once
+    started). Pod processes get this interpreter's bin dir first on PATH, so console
+    scripts installed next to it (e.g. ``lora-trainer``) are found.
+    """
+
+    def __init__(self, control_plane: ControlPlane, state_dir: Path, name: str = DEFAULT_NODE_NAME, gpus: int = 2):
+        self.control_plane = control_plane
+        self.state_dir = state_dir.resolve()
+        self.name = name
+        self.gpus = gpus
+        self.log_path = self.state_dir / "testnode.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def pod_dir(self, namespace: str, pod_name: str) -> Path:
+        """The newest local dir of a pod: stdout.log, stderr.log, termination-log, volumes/."""
+        dirs = sorted((self.state_dir / "pods").glob(f"{namespace}_{pod_name}_*"), key=lambda p: p.stat().st_mtime)
+        if not dirs:
+            raise FileNotFoundError(f"no local dir for pod {namespace}/{pod_name} under {self.state_dir}")
+        return dirs[-1]
+
+    def __enter__(self) -> NodeProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        env = self.control_plane.env()
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+        argv = [
+            sys.executable, "-m", "tests.cluster.testnode", "--kubeconfig", str(self.control_plane.kubeconfig),
+            "--state-dir", str(self.state_dir), "--name", self.name, "--gpus", str(self.gpus),
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            self._wait_ready(timeout=60)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.process is not None:
+            terminate_group(self.process, grace=20)
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
+        core = client.CoreV1Api(self.control_plane.api_client())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"test node exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
+            try:
+                conditions = core.read_node_status(self.name).status.conditions or []
+                if any(c.type == "Ready" and c.status == "True" for c in conditions):
+                    return
+            except client.ApiException as e:
+                if e.status != 404:
+                    raise
+            time.sleep(0.25)
+        raise RuntimeError(f"node {self.name} not Ready after {timeout}s:\n{log_tail(self.log_path)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.testnode", description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--name", default=DEFAULT_NODE_NAME)
+    parser.add_argument("--gpus", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s")
+    node = TestNode(args.kubeconfig, args.state_dir, name=args.name, gpus=args.gpus)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: node.stop_event.set())
+    node.run()
+
+
+if __name__ == "__main__":
+    main()

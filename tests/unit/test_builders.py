@@ -1,0 +1,116 @@
+"""spec -> Kubernetes objects, without a cluster."""
+
+import yaml
+
+from lora_operator import api, builders
+
+CFG = builders.OperatorConfig(trainer_image="example/trainer:1", tolerations=[{"key": "team", "operator": "Exists"}])
+
+
+def _spec(**overrides) -> api.LoraTrainingJobSpec:
+    data = {"model": {"hubId": "org/model"}, "datasets": [{"inline": [{"instruction": "a", "output": "b"}]}]}
+    data.update(overrides)
+    return api.LoraTrainingJobSpec.model_validate(data)
+
+
+def _pod(job):
+    return job["spec"]["template"]["spec"]
+
+
+def test_job_requests_gpus_and_runs_the_trainer() -> None:
+    job = builders.job("demo", "ns1", _spec(resources={"gpu": 2, "gpuType": "NVIDIA-A100"}), CFG)
+    assert job["metadata"]["name"] == "demo-train"
+    pod = _pod(job)
+    container = pod["containers"][0]
+    assert container["image"] == "example/trainer:1"
+    assert container["command"] == ["lora-trainer", "run", "/etc/lora/spec/spec.yaml", "--output", "/output/ns1/demo"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "team", "operator": "Exists"} in pod["tolerations"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "demo-trainer"
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_cpu_job_has_no_gpu_request_or_toleration() -> None:
+    pod = _pod(builders.job("demo", "ns", _spec(resources={"gpu": 0}), builders.OperatorConfig()))
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+    assert "tolerations" not in pod
+
+
+def test_security_context_is_non_root_and_read_only() -> None:
+    pod = _pod(builders.job("demo", "ns", _spec(), CFG))
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["readOnlyRootFilesystem"] is True
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/tmp", "/output", "/etc/lora/spec", "/var/run/lora/token"} <= mounts
+
+
+def test_invalid_input_exit_code_fails_the_job_without_retries() -> None:
+    rules = builders.job("demo", "ns", _spec(), CFG)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"]["values"] == [builders.EXIT_INVALID_INPUT]
+
+
+def test_runtime_limits_suspend_and_kueue() -> None:
+    spec = _spec(runtime={"activeDeadlineSeconds": 600, "backoffLimit": 1, "ttlSecondsAfterFinished": 60},
+                 queueName="gpu-queue")
+    job = builders.job("demo", "ns", spec, CFG)
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    assert job["spec"]["backoffLimit"] == 1
+    assert job["spec"]["ttlSecondsAfterFinished"] == 60
+    assert job["spec"]["suspend"] is True  # Kueue unsuspends on admission
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert builders.job("d", "ns", _spec(suspend=True), CFG)["spec"]["suspend"] is True
+    assert builders.job("d", "ns", _spec(), CFG)["spec"]["suspend"] is False
+
+
+def test_output_pvc_and_dataset_configmaps_are_mounted() -> None:
+    spec = _spec(
+        output={"claimName": "artifacts", "subPath": "runs/x"},
+        datasets=[{"configMap": {"name": "qa", "key": "data.jsonl"}}, {"configMap": {"name": "qa", "key": "b.csv"}}],
+        volumes=[{"name": "models", "claimName": "model-store", "mountPath": "/models"}],
+    )
+    pod = _pod(builders.job("demo", "ns", spec, CFG))
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["output"]["persistentVolumeClaim"] == {"claimName": "artifacts"}
+    assert pod["containers"][0]["command"][-1] == "/output/runs/x"
+    cm_vols = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "qa"]
+    assert len(cm_vols) == 1
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/lora/datasets/qa"]["readOnly"] is True
+    assert mounts["/models"]["readOnly"] is True
+    assert vols["user-models"]["persistentVolumeClaim"]["claimName"] == "model-store"
+
+
+def test_status_role_is_limited_to_this_resource() -> None:
+    role = builders.status_role("demo")
+    assert role["rules"] == [{"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"],
+                              "resourceNames": ["demo"], "verbs": ["get", "patch"]}]
+    binding = builders.status_role_binding("demo")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-trainer"}]
+
+
+def test_spec_configmap_round_trips_to_the_same_spec() -> None:
+    spec = _spec(lora={"rank": 16, "targetModules": ["all-linear"]})
+    data = builders.spec_configmap("demo", spec)["data"]["spec.yaml"]
+    assert api.LoraTrainingJobSpec.model_validate(yaml.safe_load(data)) == spec
+
+
+def test_children_are_created_job_last_and_judge_key_comes_from_a_secret() -> None:
+    spec = _spec(evaluation={"grader": {"type": "llmJudge", "endpoint": "https://judge", "model": "m",
+                                        "apiKeySecret": {"name": "judge", "key": "token"}}})
+    kinds = [o["kind"] for o in builders.children("demo", "ns", spec, CFG)]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
+    env = {e["name"]: e for e in _pod(builders.job("demo", "ns", spec, CFG))["containers"][0]["env"]}
+    assert env["LORA_JUDGE_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "judge", "key": "token"}
+
+
+def test_operator_config_from_env() -> None:
+    cfg = builders.OperatorConfig.from_env({"LORA_TRAINER_IMAGE": "x/y:2", "LORA_TRAINER_NODE_SELECTOR": '{"a": "b"}'})
+    assert cfg.trainer_image == "x/y:2" and cfg.node_selector == {"a": "b"}
+    assert _pod(builders.job("d", "ns", _spec(), cfg))["nodeSelector"] == {"a": "b"}

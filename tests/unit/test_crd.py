@@ -1,0 +1,56 @@
+"""The committed CRD is generated from the pydantic models and must not drift from them."""
+
+from pathlib import Path
+
+import yaml
+
+from lora_operator import api, crd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_crd_matches_models() -> None:
+    committed = (ROOT / "crds" / crd.CRD_FILE).read_text()
+    assert committed == crd.render(), "crds/ is stale: run `python -m lora_operator.crd`"
+
+
+def _walk(node, path="$"):
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{path}[{i}]")
+
+
+def test_schema_is_structural() -> None:
+    schema = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "anyOf" not in node and "$defs" not in node, path
+        assert node.get("default", 0) is not None, path
+        if isinstance(node.get("exclusiveMinimum"), int | float) and not isinstance(node["exclusiveMinimum"], bool):
+            raise AssertionError(f"{path}: exclusiveMinimum must be boolean in OpenAPI v3.0")
+
+
+def test_printer_columns_cover_the_dashboard() -> None:
+    version = crd.build_crd()["spec"]["versions"][0]
+    names = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert names == ["Phase", "Step", "Progress", "Loss", "XP", "Age"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_status_has_no_defaults_and_conditions_are_a_map() -> None:
+    status = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert not [p for p, n in _walk(status) if "default" in n]
+    assert status["properties"]["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_spec_defaults_match_pydantic_defaults() -> None:
+    spec = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    lora = spec["properties"]["lora"]["properties"]
+    defaults = api.LoraSettings()
+    assert lora["rank"]["default"] == defaults.rank
+    assert lora["targetModules"]["default"] == defaults.target_modules
+    assert lora["alpha"]["exclusiveMinimum"] is True
+    assert yaml.safe_load(crd.render())["metadata"]["name"] == f"{api.PLURAL}.{api.GROUP}"

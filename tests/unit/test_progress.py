@@ -1,0 +1,67 @@
+"""Trainer events -> status fields (the reducer both the trainer and the operator rely on)."""
+
+import json
+
+import pytest
+
+from lora_operator import progress
+
+
+def _run_training(status, total=100, every=1):
+    for step in range(every, total + 1, every):
+        status = progress.reduce(status, progress.TrainEvent(step=step, totalSteps=total, loss=3.0 - step / 100,
+                                                             learningRate=1e-4, epoch=step / total, etaSeconds=9))
+    return status
+
+
+def test_progress_is_monotonic_and_reaches_100() -> None:
+    status = progress.initial_status()
+    seen = [status["progress"]]
+    for index in range(10):
+        status = progress.reduce(status, progress.StepEvent(index=index, state="Active"))
+        seen.append(status["progress"])
+        if index == 4:
+            status = _run_training(status, total=20)
+            seen.append(status["progress"])
+        status = progress.reduce(status, progress.StepEvent(index=index, state="Completed"))
+        seen.append(status["progress"])
+    assert seen == sorted(seen)
+    assert seen[-1] == 100
+    assert status["stepSummary"] == "9/9 improvements"
+
+
+def test_training_progress_counts_inside_the_training_step() -> None:
+    status = progress.initial_status()
+    for index in range(4):
+        status = progress.reduce(status, progress.StepEvent(index=index, state="Completed"))
+    status = progress.reduce(status, progress.StepEvent(index=4, state="Active"))
+    before = status["progress"]
+    status = progress.reduce(status, progress.TrainEvent(step=50, totalSteps=100, loss=1.5))
+    assert status["progress"] == before + 30  # half of training's 60 %
+    assert status["stepSummary"] == "4/9 training"
+    assert status["loss"] == 1.5 and status["trainingStep"] == 50
+
+
+def test_loss_history_is_bounded_and_keeps_the_ends() -> None:
+    status = _run_training(progress.initial_status(), total=1000)
+    history = status["lossHistory"]
+    assert len(history) == progress.LOSS_HISTORY_POINTS
+    assert history[0]["step"] == 1 and history[-1]["step"] == 1000
+
+
+def test_events_round_trip_and_bad_events_are_rejected() -> None:
+    event = progress.TrainEvent(step=3, totalSteps=10, loss=0.5, tokensPerSecond=120.0)
+    assert progress.parse_event(progress.dump_event(event)) == event
+    with pytest.raises(ValueError):
+        progress.parse_event('{"type": "train", "step": 1}')
+    with pytest.raises(ValueError):
+        progress.parse_event('{"type": "step", "index": 12, "state": "Active"}')
+
+
+def test_final_summary_fits_the_termination_message() -> None:
+    status = _run_training(progress.initial_status(), total=1000)
+    status["message"] = "x" * 5000
+    text = progress.final_summary(status)
+    assert len(text.encode()) <= progress.TERMINATION_MESSAGE_LIMIT
+    summary = json.loads(text)
+    assert summary["loss"] == status["loss"]  # the important fields survive the cut
