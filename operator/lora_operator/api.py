@@ -162,7 +162,8 @@ class LoraSettings(_Model):
             "x-kubernetes-validations": [
                 {"rule": "!(has(self.fp16) && has(self.bf16) && self.fp16 && self.bf16)",
                  "message": "lora: fp16 and bf16 are mutually exclusive"},
-                {"rule": "self.targetModules.all(m, m != 'all-linear') || size(self.targetModules) == 1",
+                {"rule": "!has(self.targetModules) || size(self.targetModules) == 1 || "
+                 "self.targetModules.all(m, m != 'all-linear')",
                  "message": "lora: 'all-linear' cannot be combined with other targetModules"},
             ]
         }
@@ -232,7 +233,7 @@ class GraderSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self.type != 'llmJudge' || (has(self.endpoint) && has(self.model))",
+                {"rule": "!has(self.type) || self.type != 'llmJudge' || (has(self.endpoint) && has(self.model))",
                  "message": "grader: llmJudge needs endpoint and model"}
             ]
         }

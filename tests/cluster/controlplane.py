@@ -65,9 +65,7 @@ def resolve_bin_dir() -> Path:
     if assets and all(os.access(Path(assets, b), os.X_OK) for b in CONTROL_PLANE_BINARIES):
         return Path(assets)
     env = {k: v for k, v in os.environ.items() if k != "KUBEBUILDER_ASSETS"}
-    out = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], env=env, check=True, stdout=subprocess.PIPE, text=True
-    )
+    out = subprocess.run(["bash", str(BUILD_SCRIPT)], env=env, check=True, stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -139,8 +137,15 @@ def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "lora-test", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
-        "users": [{"name": "admin", "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
-        "contexts": [{"name": "lora-test", "context": {"cluster": "lora-test", "user": "admin", "namespace": "default"}}],
+        "users": [
+            {
+                "name": "admin",
+                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+            }
+        ],
+        "contexts": [
+            {"name": "lora-test", "context": {"cluster": "lora-test", "user": "admin", "namespace": "default"}}
+        ],
         "current-context": "lora-test",
     }
     path.write_text(yaml.safe_dump(doc))
@@ -264,11 +269,7 @@ class ControlPlane:
         for _, proc, _ in reversed(self._procs):
             terminate_group(proc, grace=10)
         self._procs.clear()
-        if (
-            self.workdir is not None
-            and self._given_workdir is None
-            and os.environ.get("LORA_TEST_KEEP") != "1"
-        ):
+        if self.workdir is not None and self._given_workdir is None and os.environ.get("LORA_TEST_KEEP") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)
         elif self.workdir is not None:
             print(f"control plane files kept in {self.workdir}", file=sys.stderr)

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from kubernetes import client, config
+from kubernetes.watch.watch import iter_resp_lines
 
 from tests.cluster.controlplane import ControlPlane, log_tail, terminate_group
 
@@ -75,10 +76,10 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def raw(api: client.ApiClient, method: str, path: str, **kwargs: Any) -> Obj:
-    """Call the API and return the JSON as a dict: pods are handled as plain dicts."""
-    resp = api.call_api(path, method, _preload_content=False, auth_settings=["BearerToken"], **kwargs)
-    return dict(json.loads(resp[0].data))
+def as_dict(resp: Any) -> Obj:
+    """JSON of a ``_preload_content=False`` response: objects are handled as plain dicts,
+    the shape the API and its watch events use."""
+    return dict(json.loads(resp.data))
 
 
 def expand_vars(value: str, env: dict[str, str]) -> str:
@@ -147,11 +148,16 @@ class PodRunner(threading.Thread):
         self.grace = GRACE_CAP_SECONDS
         self._delete = threading.Event()  # the pod is being deleted: kill, then finish deletion
         self._gone = threading.Event()  # the pod no longer exists (or the node stops): just kill
+        self.done = False  # set under the node lock, so a deletion is never missed
 
-    def request_delete(self, grace_seconds: float | None) -> None:
+    def request_delete(self, grace_seconds: float | None) -> bool:
+        """Ask a running pod to stop; False if it is already done (then delete it yourself)."""
+        if self.done:
+            return False
         if grace_seconds is not None:
             self.grace = min(float(grace_seconds), GRACE_CAP_SECONDS)
         self._delete.set()
+        return True
 
     def abandon(self, grace_seconds: float) -> None:
         """Kill the process without touching the API (pod gone, or node shutting down)."""
@@ -179,9 +185,9 @@ class PodRunner(threading.Thread):
                 raise
 
     def _read(self, kind: str, name: str, optional: bool) -> dict[str, bytes] | None:
-        path = f"/api/v1/namespaces/{self.ns}/{'secrets' if kind == 'secret' else 'configmaps'}/{name}"
+        read = self._core().read_namespaced_secret if kind == "secret" else self._core().read_namespaced_config_map
         try:
-            return decode_data(raw(self.node.api, "GET", path), binary=kind == "secret")
+            return decode_data(as_dict(read(name, self.ns, _preload_content=False)), binary=kind == "secret")
         except client.ApiException as e:
             if e.status == 404 and optional:
                 return None
@@ -280,12 +286,18 @@ class PodRunner(threading.Thread):
 
     def _claim_dir(self, claim: str) -> Path:
         """The host path of the hostPath PV bound to the claim, as a kubelet would mount it."""
-        api = self.node.api
-        pvc = raw(api, "GET", f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/{claim}")
-        pv_name = pvc.get("spec", {}).get("volumeName")
+        core = self._core()
+        try:
+            pvc = as_dict(core.read_namespaced_persistent_volume_claim(claim, self.ns, _preload_content=False))
+        except client.ApiException as e:
+            if e.status == 404:
+                raise PodSetupError(f'persistentvolumeclaim "{claim}" not found') from e
+            raise
+        pv_name = pvc["spec"].get("volumeName")
         if not pv_name:
             raise PodSetupError(f'persistentvolumeclaim "{claim}" is not bound')
-        host_path = raw(api, "GET", f"/api/v1/persistentvolumes/{pv_name}")["spec"].get("hostPath", {}).get("path")
+        pv = as_dict(core.read_persistent_volume(pv_name, _preload_content=False))
+        host_path = pv["spec"].get("hostPath", {}).get("path")
         if not host_path:
             raise PodSetupError(f'persistentvolume "{pv_name}" is not a hostPath volume')
         Path(host_path).mkdir(parents=True, exist_ok=True)
@@ -400,9 +412,14 @@ class PodRunner(threading.Thread):
                     self._fail("TestNodeError", "the test node failed to run this pod; see its log")
                 except Exception:
                     log.exception("pod %s/%s: could not report failure", self.ns, self.pod_name)
+        with self.node.lock:
+            self.done = True
+            delete = self._delete.is_set() and not self._gone.is_set()
+        if delete:
+            self._delete_now()
 
     def _fail(self, reason: str, message: str) -> None:
-        """Mark a pod that never started Failed (with a StartError container), then finish deletion."""
+        """Mark a pod whose process never ran (or is lost) Failed, with a StartError container."""
         log.warning("pod %s/%s failed: %s: %s", self.ns, self.pod_name, reason, message)
         ts = now()
         terminated = {"exitCode": 128, "reason": "StartError", "message": message, "startedAt": ts, "finishedAt": ts}
@@ -411,8 +428,6 @@ class PodRunner(threading.Thread):
             "hostIP": LOCAL_IP, "hostIPs": [{"ip": LOCAL_IP}],
             "containerStatuses": [self._container_status(False, {"terminated": terminated})],
         })  # fmt: skip
-        if self._delete.is_set():
-            self._delete_now()
 
     def _container_status(self, running: bool, state: Obj, container_id: str = "") -> Obj:
         status = {
@@ -501,13 +516,13 @@ class PodRunner(threading.Thread):
         status: Obj = {
             "phase": phase,
             "conditions": self._conditions(False, "PodCompleted" if phase == "Succeeded" else "PodFailed"),
-            "containerStatuses": [self._container_status(False, {"running": None, "terminated": terminated}, container_id)],
+            "containerStatuses": [
+                self._container_status(False, {"running": None, "terminated": terminated}, container_id)
+            ],
         }
         if pod_reason:
             status.update(reason=pod_reason, message=pod_message)
         self._patch_status(status)
-        if self._delete.is_set():
-            self._delete_now()
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> int:
         try:
@@ -544,7 +559,7 @@ class TestNode:
         self.api_host_port = (url.hostname or LOCAL_IP, str(url.port or 443))
         self.stop_event = threading.Event()
         self._runners: dict[str, PodRunner] = {}
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # guards _runners and PodRunner.done
         self._since = now()
 
     # --- node object -------------------------------------------------------------------
@@ -572,31 +587,37 @@ class TestNode:
         self.core.patch_node_status(self.name, {"status": {
             "capacity": capacity, "allocatable": capacity,
             "addresses": [{"type": "InternalIP", "address": LOCAL_IP}, {"type": "Hostname", "address": self.name}],
-            "nodeInfo": {"kubeletVersion": "lora-test-node", "operatingSystem": "linux", "architecture": os.uname().machine},
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "nodeInfo": {
+                "kubeletVersion": "lora-test-node", "operatingSystem": "linux", "architecture": os.uname().machine,
+            },
         }})  # fmt: skip
         self.heartbeat()
         log.info("node %s registered (%s gpus); state dir %s", self.name, self.gpus, self.state_dir)
 
     def heartbeat(self) -> None:
         ts = now()
+        healthy = (
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID"),
+            ("Ready", "True", "KubeletReady"),
+        )
         conditions = [
-            {"type": t, "status": "False", "reason": f"Kubelet{r}", "lastHeartbeatTime": ts, "lastTransitionTime": self._since}
-            for t, r in (("MemoryPressure", "HasSufficientMemory"), ("DiskPressure", "HasNoDiskPressure"),
-                         ("PIDPressure", "HasSufficientPID"))
-        ]  # fmt: skip
-        conditions.append({
-            "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "lora test node is ready",
-            "lastHeartbeatTime": ts, "lastTransitionTime": self._since,
-        })  # fmt: skip
+            {"type": t, "status": s, "reason": r, "lastHeartbeatTime": ts, "lastTransitionTime": self._since}
+            for t, s, r in healthy
+        ]
         self.core.patch_node_status(self.name, {"status": {"conditions": conditions}})
 
     # --- local-path provisioner ----------------------------------------------------------
     def provision(self) -> None:
         """Bind Pending claims to new hostPath PVs; delete our Released PVs and their dirs."""
-        for pvc in raw(self.api, "GET", "/api/v1/persistentvolumeclaims")["items"]:
+        for pvc in as_dict(self.core.list_persistent_volume_claim_for_all_namespaces(_preload_content=False))["items"]:
             meta, spec = pvc["metadata"], pvc["spec"]
-            if pvc.get("status", {}).get("phase") != "Pending" or spec.get("volumeName") or meta.get("deletionTimestamp"):
+            if (
+                pvc.get("status", {}).get("phase") != "Pending"
+                or spec.get("volumeName")
+                or meta.get("deletionTimestamp")
+            ):
                 continue
             pv_name = f"pvc-{meta['uid']}"
             pv = {
@@ -621,8 +642,8 @@ class TestNode:
             except client.ApiException as e:
                 if e.status != 409:
                     raise
-        pvs = raw(self.api, "GET", "/api/v1/persistentvolumes", query_params=[("labelSelector", f"{PV_LABEL}={self.name}")])
-        for pv in pvs["items"]:
+        pvs = self.core.list_persistent_volume(label_selector=f"{PV_LABEL}={self.name}", _preload_content=False)
+        for pv in as_dict(pvs)["items"]:
             if pv.get("status", {}).get("phase") == "Released":
                 self.core.delete_persistent_volume(pv["metadata"]["name"])
                 shutil.rmtree(pv["spec"]["hostPath"]["path"], ignore_errors=True)
@@ -645,11 +666,13 @@ class TestNode:
         selector = f"spec.nodeName={self.name}"
         while not self.stop_event.is_set():
             try:
-                listing = raw(self.api, "GET", "/api/v1/pods", query_params=[("fieldSelector", selector)])
+                listing = as_dict(
+                    self.core.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False)
+                )
                 present = {p["metadata"]["uid"] for p in listing["items"]}
                 for pod in listing["items"]:
                     self.reconcile(pod, deleted=False)
-                with self._lock:
+                with self.lock:
                     vanished = [r for uid, r in self._runners.items() if uid not in present]
                 for runner in vanished:
                     self.reconcile(runner.pod, deleted=True)
@@ -663,7 +686,7 @@ class TestNode:
                     _request_timeout=90,
                 )
                 try:
-                    for line in resp:
+                    for line in iter_resp_lines(resp):
                         event = json.loads(line)
                         if event["type"] == "ERROR":
                             break  # typically 410 Gone: relist
@@ -686,31 +709,29 @@ class TestNode:
             log.exception("pod %s: reconcile failed", key)
 
     def _reconcile(self, pod: Obj, deleted: bool) -> None:
-        uid = pod["metadata"]["uid"]
-        with self._lock:
-            runner = self._runners.get(uid)
+        meta = pod["metadata"]
+        phase = pod.get("status", {}).get("phase", "Pending")
+        with self.lock:
+            runner = self._runners.get(meta["uid"])
             if deleted:
-                self._runners.pop(uid, None)
+                self._runners.pop(meta["uid"], None)
                 if runner:
                     runner.abandon(GRACE_CAP_SECONDS)
                 return
-            phase = pod.get("status", {}).get("phase", "Pending")
-            if pod["metadata"].get("deletionTimestamp"):
-                if runner and runner.is_alive():
-                    runner.request_delete(pod["metadata"].get("deletionGracePeriodSeconds"))
+            if meta.get("deletionTimestamp"):
+                if runner and runner.request_delete(meta.get("deletionGracePeriodSeconds")):
                     return
-                runner = None  # no live process: nothing to wait for
             elif runner or phase in ("Succeeded", "Failed"):
                 return
             elif phase == "Pending":
                 runner = PodRunner(self, pod)
-                self._runners[uid] = runner
+                self._runners[meta["uid"]] = runner
                 runner.start()
                 return
-        if runner is None and pod["metadata"].get("deletionTimestamp"):
-            PodRunner(self, pod)._delete_now()
-        elif runner is None and phase == "Running":
-            # Running but not ours: a previous incarnation of this node started it.
+        if meta.get("deletionTimestamp"):
+            PodRunner(self, pod)._delete_now()  # no live process: finish the deletion now
+        else:
+            # Running but unknown: a previous incarnation of this node started it.
             PodRunner(self, pod)._fail("NodeRestarted", "the test node restarted; the process is gone")
 
     def run(self) -> None:
@@ -720,7 +741,7 @@ class TestNode:
         threading.Thread(target=self.housekeeping, name="housekeeping", daemon=True).start()
         threading.Thread(target=self.watch_pods, name="pod-watch", daemon=True).start()
         self.stop_event.wait()
-        with self._lock:
+        with self.lock:
             runners = list(self._runners.values())
         for runner in runners:
             runner.abandon(5.0)

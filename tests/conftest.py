@@ -1,0 +1,125 @@
+"""Shared fixtures: the local control plane (tests/cluster) and a running operator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.controlplane import ControlPlane
+
+pytest_plugins = ["tests.cluster.fixtures"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Kubectl:
+    """kubectl against the test cluster, returning stdout; raises with stderr on failure."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(self.cp.bin_dir / "kubectl"), *args], input=input, text=True,
+                              capture_output=True, env=self.cp.env(), timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def __call__(self, *args: str, input: str | None = None) -> str:
+        return self.run(*args, input=input).stdout
+
+    def apply(self, manifest: dict | str, namespace: str) -> str:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        return self("apply", "-n", namespace, "-f", "-", input=text)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict | None:
+        proc = self.run("get", kind, name, "-n", namespace, "-o", "yaml", check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr:
+                return None
+            raise AssertionError(proc.stderr)
+        return yaml.safe_load(proc.stdout)
+
+
+def wait_for(what: str, check, timeout: float = 120, interval: float = 0.5):
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlane) -> Kubectl:
+    return Kubectl(control_plane)
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/loratrainingjobs.lora.airepublic.io")
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+class OperatorProcess:
+    """``python -m lora_operator`` as a subprocess with the admin kubeconfig (or a given one)."""
+
+    def __init__(self, cp: ControlPlane, log_dir: Path, kubeconfig: Path | None = None) -> None:
+        self.cp, self.log_dir, self.kubeconfig = cp, log_dir, kubeconfig
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        env = self.cp.env()
+        env.update(LORA_SYNC_INTERVAL_SECONDS="3", PYTHONUNBUFFERED="1")
+        if self.kubeconfig:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "lora_operator", "--verbose"], env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for("the operator to start watching", lambda: b"Starting the watch-stream" in self.log.read_bytes()
+                 or self.proc.poll() is not None, timeout=60)
+        assert self.proc.poll() is None, f"operator exited:\n{self.log.read_text()[-3000:]}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, crds: None, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(control_plane, tmp_path)
+    op.start()
+    yield op
+    op.stop()
+    if os.environ.get("LORA_TEST_SHOW_OPERATOR_LOG"):
+        print(op.log.read_text())

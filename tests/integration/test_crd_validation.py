@@ -1,0 +1,73 @@
+"""The CRD, installed in a real kube-apiserver, accepts good specs and rejects bad ones clearly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+VALID = {
+    "apiVersion": "lora.airepublic.io/v1alpha1",
+    "kind": "LoraTrainingJob",
+    "metadata": {"name": "valid"},
+    "spec": {
+        "model": {"hubId": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "datasets": [{"inline": [{"instruction": "Say hi", "output": "Hi!"}]}],
+    },
+}
+
+def _with(path: str, value, name: str = "bad") -> dict:
+    manifest = copy.deepcopy(VALID)
+    manifest["metadata"]["name"] = name
+    node = manifest
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return manifest
+
+BAD_SPECS = [
+    ("two model sources", _with("spec.model", {"hubId": "a/b", "path": "/models/x"}),
+     "model: set exactly one of hubId, path or package"),
+    ("no model source", _with("spec.model", {"quantization": "4bit"}),
+     "model: set exactly one of hubId, path or package"),
+    ("rank out of range", _with("spec.lora", {"rank": 0}), "spec.lora.rank"),
+    ("alpha not positive", _with("spec.lora", {"alpha": 0}), "spec.lora.alpha"),
+    ("no datasets", _with("spec.datasets", []), "spec.datasets"),
+    ("dataset without a source", _with("spec.datasets", [{"format": "alpaca"}]),
+     "dataset: set exactly one of inline, configMap, path, url or hubId"),
+    ("unknown quantization", _with("spec.model", {"hubId": "a/b", "quantization": "3bit"}),
+     'Unsupported value: "3bit"'),
+    ("fp16 and bf16", _with("spec.lora", {"fp16": True, "bf16": True}), "fp16 and bf16 are mutually exclusive"),
+    ("all-linear mixed", _with("spec.lora", {"targetModules": ["all-linear", "q_proj"]}),
+     "'all-linear' cannot be combined"),
+    ("judge without endpoint", _with("spec.evaluation", {"grader": {"type": "llmJudge"}}),
+     "llmJudge needs endpoint and model"),
+    ("relative dataset path", _with("spec.datasets", [{"path": "data.jsonl"}]), "spec.datasets[0].path"),
+    ("name too long", _with("spec.suspend", False, name="x" * 60), "metadata.name must be at most 56"),
+]
+
+def test_valid_spec_is_accepted_with_defaults(kubectl, crds, namespace) -> None:
+    kubectl.apply(VALID, namespace)
+    obj = kubectl.get("loratrainingjob", "valid", namespace)
+    assert obj["spec"]["lora"]["rank"] == 8
+    assert obj["spec"]["lora"]["targetModules"] == ["q_proj", "v_proj"]
+    assert obj["spec"]["resources"]["gpu"] == 1
+    assert obj["spec"]["data"]["validationFraction"] == 0.1
+
+@pytest.mark.parametrize(("case", "manifest", "expected"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_invalid_spec_is_rejected_with_a_clear_message(kubectl, crds, namespace, case, manifest, expected) -> None:
+
+    proc = kubectl.run("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    assert proc.returncode != 0, f"{case}: accepted"
+    assert expected in proc.stderr, f"{case}: {proc.stderr}"
+    assert kubectl.get("loratrainingjob", manifest["metadata"]["name"], namespace) is None
+
+def test_unknown_fields_are_rejected(kubectl, crds, namespace) -> None:
+
+    manifest = _with("spec.lora", {"rnak": 8})
+    proc = kubectl.run("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    assert proc.returncode != 0 and 'unknown field "spec.lora.rnak"' in proc.stderr, proc.stderr
