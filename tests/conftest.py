@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -50,12 +49,15 @@ class Kubectl:
 
 
 def wait_for(what: str, check, timeout: float = 120, interval: float = 0.5):
-    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout.
+
+    A check may return a list ``[False, detail...]`` to show what it last saw on timeout.
+    """
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         last = check()
-        if last:
+        if last and not (isinstance(last, list) and last[0] is False):
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
@@ -121,5 +123,5 @@ def operator(control_plane: ControlPlane, crds: None, tmp_path: Path) -> Iterato
     op.start()
     yield op
     op.stop()
-    if os.environ.get("LORA_TEST_SHOW_OPERATOR_LOG"):
-        print(op.log.read_text())
+    # Shown by pytest only when the test failed.
+    print(f"--- operator log ({op.log}) ---\n" + "\n".join(op.log.read_text().splitlines()[-80:]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel, to_snake
 
 GROUP = "lora.airepublic.io"
 VERSION = "v1alpha1"
@@ -47,6 +47,24 @@ def _exactly_one(*fields: str) -> str:
     return "[" + ", ".join(f"has(self.{f})" for f in fields) + "].filter(x, x).size() == 1"
 
 
+# Cross-field rules are declared once: as CEL for the apiserver and checked again in Python
+# (below, with the same messages) so a spec run outside Kubernetes gets the same answer.
+MODEL_SOURCES = ("hubId", "path", "package")
+DATASET_SOURCES = ("inline", "configMap", "path", "url", "hubId")
+FP16_BF16_MESSAGE = "lora: fp16 and bf16 are mutually exclusive"
+ALL_LINEAR_MESSAGE = "lora: 'all-linear' cannot be combined with other targetModules"
+LLM_JUDGE_MESSAGE = "grader: llmJudge needs endpoint and model"
+
+
+def _one_of_message(what: str, fields: tuple[str, ...]) -> str:
+    return f"{what}: set exactly one of {', '.join(fields[:-1])} or {fields[-1]}"
+
+
+def _require_one_of(model: BaseModel, what: str, fields: tuple[str, ...]) -> None:
+    if sum(getattr(model, to_snake(f)) is not None for f in fields) != 1:
+        raise ValueError(_one_of_message(what, fields))
+
+
 # ---------------------------------------------------------------------------------- spec
 
 
@@ -68,8 +86,8 @@ class ModelSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": _exactly_one("hubId", "path", "package"),
-                    "message": "model: set exactly one of hubId, path or package",
+                    "rule": _exactly_one(*MODEL_SOURCES),
+                    "message": _one_of_message("model", MODEL_SOURCES),
                 }
             ]
         }
@@ -92,6 +110,11 @@ class ModelSpec(_Model):
         "trainer falls back to full precision and says so in the step message.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
 
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        _require_one_of(self, "model", MODEL_SOURCES)
+        return self
+
 
 class ConfigMapRef(_Model):
     name: str = Field(min_length=1, max_length=253, description="ConfigMap in the job's namespace.")
@@ -109,8 +132,8 @@ class DatasetSource(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": _exactly_one("inline", "configMap", "path", "url", "hubId"),
-                    "message": "dataset: set exactly one of inline, configMap, path, url or hubId",
+                    "rule": _exactly_one(*DATASET_SOURCES),
+                    "message": _one_of_message("dataset", DATASET_SOURCES),
                 }
             ]
         }
@@ -130,6 +153,11 @@ class DatasetSource(_Model):
     hub_id: str | None = Field(None, max_length=256, description="A hub dataset id.")
     split: str = Field("train", max_length=64, description="Split of a hub dataset.")
     subset: str | None = Field(None, max_length=128, description="Configuration of a hub dataset.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSource:
+        _require_one_of(self, "dataset", DATASET_SOURCES)
+        return self
 
 
 class DataRefinement(_Model):
@@ -161,10 +189,10 @@ class LoraSettings(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "!(has(self.fp16) && has(self.bf16) && self.fp16 && self.bf16)",
-                 "message": "lora: fp16 and bf16 are mutually exclusive"},
+                 "message": FP16_BF16_MESSAGE},
                 {"rule": "!has(self.targetModules) || size(self.targetModules) == 1 || "
                  "self.targetModules.all(m, m != 'all-linear')",
-                 "message": "lora: 'all-linear' cannot be combined with other targetModules"},
+                 "message": ALL_LINEAR_MESSAGE},
             ]
         }
     )
@@ -205,6 +233,14 @@ class LoraSettings(_Model):
     divergence_factor: float = Field(
         10.0, gt=1, description="Fail when the loss exceeds this multiple of its first logged value.")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> LoraSettings:
+        if self.fp16 and self.bf16:
+            raise ValueError(FP16_BF16_MESSAGE)
+        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            raise ValueError(ALL_LINEAR_MESSAGE)
+        return self
+
 
 class GenerationSettings(_Model):
     """How answers are generated for grading (the product spec's model configuration)."""
@@ -234,7 +270,7 @@ class GraderSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "!has(self.type) || self.type != 'llmJudge' || (has(self.endpoint) && has(self.model))",
-                 "message": "grader: llmJudge needs endpoint and model"}
+                 "message": LLM_JUDGE_MESSAGE}
             ]
         }
     )
@@ -244,6 +280,12 @@ class GraderSpec(_Model):
                                  description="OpenAI-compatible base URL (llmJudge).")
     model: str | None = Field(None, max_length=256, description="Judge model name (llmJudge).")
     api_key_secret: SecretKeyRef | None = Field(None, description="Secret key with the API key.")
+
+    @model_validator(mode="after")
+    def _judge_complete(self) -> GraderSpec:
+        if self.type == "llmJudge" and not (self.endpoint and self.model):
+            raise ValueError(LLM_JUDGE_MESSAGE)
+        return self
 
 
 class EvaluationSpec(_Model):

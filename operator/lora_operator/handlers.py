@@ -47,6 +47,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=api.GROUP, key="last-handled-configuration")
+    # Only Kopf's warnings and errors become Events; ours are explicit kopf.event calls.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     kubernetes.config.load_config()
@@ -102,7 +103,7 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
                               message, _now_s(), generation)
         _patch_status(namespace, name, {"phase": "Failed", "message": message, "conditions": conds,
                                         "observedGeneration": generation})
-        kopf.warn(body, reason="InvalidSpec", message=message)
+        kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
         raise kopf.PermanentError(message) from err
 
     for obj in builders.children(name, namespace, parsed, CONFIG):
@@ -112,7 +113,7 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
     job = builders.job_name(name)
     logger.info("training Job %s is in place", job)
     if status.get("jobName") != job:
-        kopf.info(body, reason="JobCreated", message=f"created Job {job}")
+        kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {job}")
     sync(namespace, name)
 
 
@@ -126,7 +127,7 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
         suspend = bool(new.get("suspend"))
         kubernetes.client.BatchV1Api().patch_namespaced_job(
             builders.job_name(name), namespace, {"spec": {"suspend": suspend}})
-        kopf.info(body, reason="Suspended" if suspend else "Resumed",
+        kopf.event(body, type="Normal", reason="Suspended" if suspend else "Resumed",
                   message=f"Job {builders.job_name(name)} {'suspended' if suspend else 'resumed'}")
     ignored = [k for k in changed if k != "suspend"]
     if ignored:
@@ -135,7 +136,7 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
         conds = set_condition(list(status.get("conditions") or []), "SpecChangeIgnored", "True",
                               "ImmutableAfterStart", message, _now_s(), meta.get("generation"))
         _patch_status(namespace, name, {"conditions": conds})
-        kopf.warn(body, reason="SpecChangeIgnored", message=message)
+        kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
     sync(namespace, name)
 
 

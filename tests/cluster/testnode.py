@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -125,13 +126,6 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def tail_bytes(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 class PodRunner(threading.Thread):
     """Runs one pod: materializes volumes, starts the process, reports status, handles deletion."""
 
@@ -146,8 +140,8 @@ class PodRunner(threading.Thread):
         self.dir = node.state_dir / "pods" / f"{self.ns}_{self.pod_name}_{self.uid}"
         self.container: Obj = pod["spec"]["containers"][0]
         self.grace = GRACE_CAP_SECONDS
-        self._delete = threading.Event()  # the pod is being deleted: kill, then finish deletion
-        self._gone = threading.Event()  # the pod no longer exists (or the node stops): just kill
+        self._delete_requested = threading.Event()  # the pod is being deleted: kill, then finish deletion
+        self._abandoned = threading.Event()  # the pod no longer exists (or the node stops): just kill
         self.done = False  # set under the node lock, so a deletion is never missed
 
     def request_delete(self, grace_seconds: float | None) -> bool:
@@ -156,13 +150,13 @@ class PodRunner(threading.Thread):
             return False
         if grace_seconds is not None:
             self.grace = min(float(grace_seconds), GRACE_CAP_SECONDS)
-        self._delete.set()
+        self._delete_requested.set()
         return True
 
     def abandon(self, grace_seconds: float) -> None:
         """Kill the process without touching the API (pod gone, or node shutting down)."""
         self.grace = min(grace_seconds, self.grace)
-        self._gone.set()
+        self._abandoned.set()
 
     # --- API helpers -------------------------------------------------------------------
     def _core(self) -> client.CoreV1Api:
@@ -405,16 +399,16 @@ class PodRunner(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
-        except Exception:
+        except Exception as e:
             log.exception("pod %s/%s: test node error", self.ns, self.pod_name)
-            if not self._gone.is_set():
+            if not self._abandoned.is_set():
                 try:
-                    self._fail("TestNodeError", "the test node failed to run this pod; see its log")
+                    self._fail("TestNodeError", f"the test node failed to run this pod: {e}"[:MESSAGE_LIMIT])
                 except Exception:
                     log.exception("pod %s/%s: could not report failure", self.ns, self.pod_name)
         with self.node.lock:
             self.done = True
-            delete = self._delete.is_set() and not self._gone.is_set()
+            delete = self._delete_requested.is_set() and not self._abandoned.is_set()
         if delete:
             self._delete_now()
 
@@ -476,6 +470,16 @@ class PodRunner(threading.Thread):
         except OSError as e:
             self._fail("StartError", f"cannot run {argv[0]!r}: {e}")
             return
+        try:
+            self._supervise(proc, term_local, out_path, err_path)
+        finally:
+            # Like a container's end: nothing of the pod outlives its main process.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def _supervise(self, proc: subprocess.Popen[bytes], term_local: Path, out_path: Path, err_path: Path) -> None:
+        """Report Running, wait for exit, deletion or deadline, then report the outcome."""
         started, started_mono = now(), time.monotonic()
         container_id = f"lora-test://{proc.pid}"
         self._patch_status({
@@ -485,7 +489,7 @@ class PodRunner(threading.Thread):
             "containerStatuses": [self._container_status(True, {"running": {"startedAt": started}}, container_id)],
         })  # fmt: skip
 
-        deadline_s = spec.get("activeDeadlineSeconds")
+        deadline_s = self.pod["spec"].get("activeDeadlineSeconds")
         pod_reason = pod_message = ""
         while True:
             try:
@@ -493,7 +497,7 @@ class PodRunner(threading.Thread):
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if self._gone.is_set() or self._delete.is_set():
+            if self._abandoned.is_set() or self._delete_requested.is_set():
                 returncode = self._kill(proc)
                 break
             if deadline_s is not None and time.monotonic() - started_mono > deadline_s:
@@ -503,7 +507,7 @@ class PodRunner(threading.Thread):
                 break
         code = exit_code(returncode)
         log.info("pod %s/%s: exited with %d", self.ns, self.pod_name, code)
-        if self._gone.is_set():
+        if self._abandoned.is_set():
             return
         message = self._termination_message(term_local, code, out_path, err_path)
         terminated = {
@@ -535,11 +539,14 @@ class PodRunner(threading.Thread):
             return proc.wait()
 
     def _termination_message(self, term_local: Path, code: int, out_path: Path, err_path: Path) -> str:
-        with term_local.open("rb") as f:
-            message = f.read(MESSAGE_LIMIT).decode(errors="replace")
+        try:
+            with term_local.open("rb") as f:
+                message = f.read(MESSAGE_LIMIT).decode(errors="replace")
+        except OSError:
+            message = ""
         if message or code == 0 or self.container.get("terminationMessagePolicy") != "FallbackToLogsOnError":
             return message
-        lines = [*tail_bytes(out_path, FALLBACK_LINES).splitlines(), *tail_bytes(err_path, FALLBACK_LINES).splitlines()]
+        lines = [*log_tail(out_path, FALLBACK_LINES).splitlines(), *log_tail(err_path, FALLBACK_LINES).splitlines()]
         text = "\n".join(lines[-FALLBACK_LINES:]).encode()
         return text[-MESSAGE_LIMIT:].decode(errors="replace")
 
@@ -592,6 +599,12 @@ class TestNode:
             },
         }})  # fmt: skip
         self.heartbeat()
+        # TaintNodesByCondition admission taints new nodes not-ready; the node lifecycle
+        # controller would lift it once Ready, but it is disabled here, so lift it ourselves.
+        taints = self.core.read_node(self.name).spec.taints or []
+        keep = [t.to_dict() for t in taints if t.key != "node.kubernetes.io/not-ready"]
+        if len(keep) != len(taints):
+            self.core.patch_node(self.name, {"spec": {"taints": keep or None}})
         log.info("node %s registered (%s gpus); state dir %s", self.name, self.gpus, self.state_dir)
 
     def heartbeat(self) -> None:

@@ -1,0 +1,100 @@
+"""The operator against a real control plane: Job creation, idempotency, suspend, spec edits, deletion."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _ltj(name: str, **spec) -> dict:
+    body = {
+        "model": {"hubId": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "datasets": [{"inline": [{"instruction": "Say hi", "output": "Hi there, friend!"}]}],
+        "resources": {"gpu": 1, "cpu": "1", "memory": "1Gi"},
+    }
+    body.update(spec)
+    return {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "LoraTrainingJob",
+            "metadata": {"name": name}, "spec": body}
+
+
+def _jobs(kubectl, namespace: str) -> list[dict]:
+    import yaml
+
+    return yaml.safe_load(kubectl("get", "jobs", "-n", namespace, "-o", "yaml"))["items"]
+
+
+def _status(kubectl, namespace: str, name: str) -> dict:
+    return (kubectl.get("ltj", name, namespace) or {}).get("status") or {}
+
+
+def test_suspended_run_gets_its_job_and_children(kubectl, operator, namespace) -> None:
+    kubectl.apply(_ltj("alpha", suspend=True), namespace)
+    status = wait_for("phase Suspended", lambda: (s := _status(kubectl, namespace, "alpha")).get("phase") == "Suspended"
+                      and s, timeout=60)
+    assert status["jobName"] == "alpha-train"
+    assert status["stepSummary"] == "0/9 before-metrics" and len(status["steps"]) == 10
+    assert {c["type"] for c in status["conditions"]} >= {"Ready", "Running", "Succeeded", "Failed", "Stalled"}
+    owner = kubectl.get("ltj", "alpha", namespace)["metadata"]["uid"]
+    job = kubectl.get("job", "alpha-train", namespace)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["ownerReferences"][0]["uid"] == owner
+    for kind, name in [("serviceaccount", "alpha-trainer"), ("role", "alpha-trainer"),
+                       ("rolebinding", "alpha-trainer"), ("configmap", "alpha-spec")]:
+        obj = kubectl.get(kind, name, namespace)
+        assert obj and obj["metadata"]["ownerReferences"][0]["uid"] == owner, kind
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=alpha")
+    assert "JobCreated" in events
+
+
+def test_operator_restart_creates_no_second_job(kubectl, operator, namespace) -> None:
+    kubectl.apply(_ltj("beta", suspend=True), namespace)
+    wait_for("the Job", lambda: _jobs(kubectl, namespace), timeout=60)
+    uid = _jobs(kubectl, namespace)[0]["metadata"]["uid"]
+    operator.stop()
+    operator.start()
+    wait_for("the restarted operator to resume beta", lambda: "beta" in operator.log.read_text(), timeout=60)
+    jobs = _jobs(kubectl, namespace)
+    assert [j["metadata"]["uid"] for j in jobs] == [uid]
+
+
+def test_spec_edits_are_reported_not_applied_and_suspend_is(kubectl, operator, namespace) -> None:
+    kubectl.apply(_ltj("gamma", suspend=True), namespace)
+    wait_for("Suspended", lambda: _status(kubectl, namespace, "gamma").get("phase") == "Suspended", timeout=60)
+    kubectl("patch", "ltj", "gamma", "-n", namespace, "--type=merge", "-p", '{"spec": {"lora": {"rank": 16}}}')
+
+    def ignored():
+        conds = {c["type"]: c for c in _status(kubectl, namespace, "gamma").get("conditions", [])}
+        return conds.get("SpecChangeIgnored", {}).get("status") == "True" and conds["SpecChangeIgnored"]
+
+    cond = wait_for("SpecChangeIgnored", ignored, timeout=60)
+    assert "lora" in cond["message"]
+    spec_cm = kubectl.get("configmap", "gamma-spec", namespace)
+    assert "rank: 8" in spec_cm["data"]["spec.yaml"]  # the run keeps the spec it started with
+    kubectl("patch", "ltj", "gamma", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    wait_for("the Job to be resumed",
+             lambda: kubectl.get("job", "gamma-train", namespace)["spec"]["suspend"] is False, timeout=60)
+
+
+def test_deleting_the_resource_removes_job_and_pods(kubectl, operator, namespace) -> None:
+    kubectl.apply(_ltj("delta", suspend=True), namespace)
+    wait_for("the Job", lambda: _jobs(kubectl, namespace), timeout=60)
+    kubectl("delete", "ltj", "delta", "-n", namespace, "--timeout=60s")
+    wait_for("garbage collection of the Job", lambda: not _jobs(kubectl, namespace), timeout=90)
+    wait_for("garbage collection of the ConfigMap",
+             lambda: kubectl.get("configmap", "delta-spec", namespace) is None, timeout=90)
+
+
+def test_unschedulable_run_is_pending_with_the_scheduler_message(kubectl, operator, namespace, test_node) -> None:
+    kubectl.apply(_ltj("huge", resources={"gpu": 16}), namespace)
+
+    def pending():
+        s = _status(kubectl, namespace, "huge")
+        ok = s.get("phase") == "Pending" and "nvidia.com/gpu" in (s.get("message") or "")
+        return s if ok else [False, s.get("phase"), s.get("message")]
+
+    status = wait_for("Pending with the scheduler's reason", pending, timeout=90)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "Unschedulable"

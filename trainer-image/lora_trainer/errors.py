@@ -1,0 +1,12 @@
+"""Failures the pipeline reports as a step message instead of a traceback."""
+
+
+class StepError(Exception):
+    """An expected failure with a message meant for the user; a retry may help (exit code 1)."""
+
+
+class InvalidInput(StepError):
+    """The spec or its data cannot work as given: retrying cannot help (exit code 2).
+
+    The operator's Job fails fast on that exit code instead of spending its pod retries.
+    """
