@@ -126,7 +126,7 @@ FileType = Literal["auto", "jsonl", "json", "csv", "parquet"]
 
 
 class DatasetSource(_Model):
-    """One dataset: exactly one of inline, configMap, path, url or hubId."""
+    """One dataset: exactly one of inline, configMap, path, url, hubId or builtin."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -151,6 +151,9 @@ class DatasetSource(_Model):
                              description="A file or folder in the container (see volumes).")
     url: str | None = Field(None, pattern=r"^https?://", max_length=2048, description="An http(s) URL.")
     hub_id: str | None = Field(None, max_length=256, description="A hub dataset id.")
+    builtin: Literal["minion-handbook"] | None = Field(
+        None, description="A sample dataset shipped inside the trainer (lora_trainer/data/<name>.jsonl), "
+        "for quickstarts and smoke tests.")
     split: str = Field("train", max_length=64, description="Split of a hub dataset.")
     subset: str | None = Field(None, max_length=128, description="Configuration of a hub dataset.")
 

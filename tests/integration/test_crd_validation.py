@@ -38,7 +38,7 @@ BAD_SPECS = [
     ("alpha not positive", _with("spec.lora", {"alpha": 0}), "spec.lora.alpha"),
     ("no datasets", _with("spec.datasets", []), "spec.datasets"),
     ("dataset without a source", _with("spec.datasets", [{"format": "alpaca"}]),
-     "dataset: set exactly one of inline, configMap, path, url or hubId"),
+     "dataset: set exactly one of inline, configMap, path, url, hubId or builtin"),
     ("unknown quantization", _with("spec.model", {"hubId": "a/b", "quantization": "3bit"}),
      'Unsupported value: "3bit"'),
     ("fp16 and bf16", _with("spec.lora", {"fp16": True, "bf16": True}), "fp16 and bf16 are mutually exclusive"),
