@@ -12,7 +12,8 @@ kube-controller-manager and kube-scheduler, otherwise from ``build_control_plane
 
 Environment:
     LORA_TEST_USE_EXISTING_CLUSTER=1  start nothing; use ``$KUBECONFIG`` (or
-                                      ``~/.kube/config``) as is.
+                                      ``~/.kube/config``) as is (``bin_dir`` is still
+                                      resolved, for kubectl and helm).
     LORA_TEST_KEEP=1                  keep the temporary directory (certificates, logs,
                                       etcd data) after teardown, for debugging.
 

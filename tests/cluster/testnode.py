@@ -172,7 +172,7 @@ class PodRunner(threading.Thread):
                 self.pod_name,
                 self.ns,
                 grace_period_seconds=0,
-                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions={"uid": self.uid}),
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)),
             )
         except client.ApiException as e:
             if e.status not in (404, 409):
@@ -206,7 +206,7 @@ class PodRunner(threading.Thread):
         }
         if field_path not in values:
             raise PodSetupError(f"fieldRef {field_path!r} is not supported by the test node")
-        return values[field_path]
+        return str(values[field_path])
 
     def _object_files(self, kind: str, src: Obj) -> dict[str, bytes]:
         """Files of a configMap/secret volume or projection, honouring items and optional."""
@@ -229,14 +229,19 @@ class PodRunner(threading.Thread):
     def _token(self, src: Obj) -> bytes:
         """A real bound token from the TokenRequest API, as the kubelet gets it."""
         sa = self.pod["spec"].get("serviceAccountName") or "default"
-        spec: Obj = {
-            "expirationSeconds": src.get("expirationSeconds", 3600),
-            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": self.pod_name, "uid": self.uid},
-        }
-        if src.get("audience"):
-            spec["audiences"] = [src["audience"]]
-        resp = self._core().create_namespaced_service_account_token(sa, self.ns, {"spec": spec})
-        return str(resp.status.token).encode()
+        spec = client.V1TokenRequestSpec(
+            audiences=[src["audience"]] if src.get("audience") else [],  # empty: the apiserver's own
+            expiration_seconds=src.get("expirationSeconds", 3600),
+            bound_object_ref=client.V1BoundObjectReference(
+                kind="Pod", api_version="v1", name=self.pod_name, uid=self.uid
+            ),
+        )
+        request = client.AuthenticationV1TokenRequest(spec=spec)
+        resp = self._core().create_namespaced_service_account_token(sa, self.ns, request)
+        token = resp.status.token if resp.status else None
+        if not token:
+            raise PodSetupError(f'TokenRequest for serviceaccount "{sa}" returned no token')
+        return token.encode()
 
     def _volume(self, vol: Obj, target: Path) -> Path:
         """Materialize one volume under `target` (or find its host dir); return the local path."""
@@ -576,9 +581,8 @@ class TestNode:
             "kubernetes.io/os": "linux",
             "nvidia.com/gpu.present": "true",
         }
-        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": labels}}
         try:
-            self.core.create_node(body)
+            self.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=self.name, labels=labels)))
         except client.ApiException as e:
             if e.status != 409:
                 raise
@@ -601,7 +605,8 @@ class TestNode:
         self.heartbeat()
         # TaintNodesByCondition admission taints new nodes not-ready; the node lifecycle
         # controller would lift it once Ready, but it is disabled here, so lift it ourselves.
-        taints = self.core.read_node(self.name).spec.taints or []
+        spec = self.core.read_node(self.name).spec
+        taints = (spec and spec.taints) or []
         keep = [t.to_dict() for t in taints if t.key != "node.kubernetes.io/not-ready"]
         if len(keep) != len(taints):
             self.core.patch_node(self.name, {"spec": {"taints": keep or None}})
@@ -633,22 +638,28 @@ class TestNode:
             ):
                 continue
             pv_name = f"pvc-{meta['uid']}"
-            pv = {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": pv_name, "labels": {PV_LABEL: self.name}},
-                "spec": {
-                    "capacity": {"storage": spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")},
-                    "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
-                    "volumeMode": spec.get("volumeMode", "Filesystem"),
-                    "storageClassName": spec.get("storageClassName") or "",
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "claimRef": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
-                    "hostPath": {"path": str(self.state_dir / "volumes" / pv_name), "type": "DirectoryOrCreate"},
-                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.name]}]}]}},
-                },
-            }  # fmt: skip
+            on_this_node = client.V1NodeSelectorRequirement(
+                key="kubernetes.io/hostname", operator="In", values=[self.name]
+            )
+            pv = client.V1PersistentVolume(
+                metadata=client.V1ObjectMeta(name=pv_name, labels={PV_LABEL: self.name}),
+                spec=client.V1PersistentVolumeSpec(
+                    capacity={"storage": spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")},
+                    access_modes=spec.get("accessModes") or ["ReadWriteOnce"],
+                    volume_mode=spec.get("volumeMode", "Filesystem"),
+                    storage_class_name=spec.get("storageClassName") or "",
+                    persistent_volume_reclaim_policy="Retain",  # we delete it (and its dir) once Released
+                    claim_ref=client.V1ObjectReference(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"]),
+                    host_path=client.V1HostPathVolumeSource(
+                        path=str(self.state_dir / "volumes" / pv_name), type="DirectoryOrCreate"
+                    ),
+                    node_affinity=client.V1VolumeNodeAffinity(
+                        required=client.V1NodeSelector(
+                            node_selector_terms=[client.V1NodeSelectorTerm(match_expressions=[on_this_node])]
+                        )
+                    ),
+                ),
+            )
             try:
                 self.core.create_persistent_volume(pv)
                 log.info("pvc %s/%s: provisioned %s", meta["namespace"], meta["name"], pv_name)
@@ -689,7 +700,7 @@ class TestNode:
                     vanished = [r for uid, r in self._runners.items() if uid not in present]
                 for runner in vanished:
                     self.reconcile(runner.pod, deleted=True)
-                resp = self.core.list_pod_for_all_namespaces(
+                resp: Any = self.core.list_pod_for_all_namespaces(  # a raw urllib3 response
                     field_selector=selector,
                     resource_version=listing["metadata"]["resourceVersion"],
                     allow_watch_bookmarks=False,
@@ -819,7 +830,8 @@ class NodeProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"test node exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
             try:
-                conditions = core.read_node_status(self.name).status.conditions or []
+                status = core.read_node_status(self.name).status
+                conditions = (status and status.conditions) or []
                 if any(c.type == "Ready" and c.status == "True" for c in conditions):
                     return
             except client.ApiException as e:
