@@ -50,7 +50,7 @@ def _exactly_one(*fields: str) -> str:
 # Cross-field rules are declared once: as CEL for the apiserver and checked again in Python
 # (below, with the same messages) so a spec run outside Kubernetes gets the same answer.
 MODEL_SOURCES = ("hubId", "path", "package")
-DATASET_SOURCES = ("inline", "configMap", "path", "url", "hubId")
+DATASET_SOURCES = ("inline", "configMap", "path", "url", "hubId", "builtin")
 FP16_BF16_MESSAGE = "lora: fp16 and bf16 are mutually exclusive"
 ALL_LINEAR_MESSAGE = "lora: 'all-linear' cannot be combined with other targetModules"
 LLM_JUDGE_MESSAGE = "grader: llmJudge needs endpoint and model"
