@@ -76,10 +76,22 @@ def crds(kubectl: Kubectl) -> None:
 
 @pytest.fixture
 def namespace(kubectl: Kubectl) -> Iterator[str]:
+    yield from _namespace(kubectl)
+
+
+@pytest.fixture(scope="module")
+def module_namespace(kubectl: Kubectl) -> Iterator[str]:
+    """One namespace for a module whose tests need no operator and leave nothing behind."""
+    yield from _namespace(kubectl)
+
+
+def _namespace(kubectl: Kubectl) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
-    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+    # Wait (while the test's operator still runs and can drop its finalizers), so no later test's
+    # operator meets this namespace half-deleted.
+    kubectl.run("delete", "namespace", name, "--timeout=90s", check=False)
 
 
 class OperatorProcess:

@@ -169,11 +169,15 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the CRD to the given folders, default ``crds/`` and the Helm chart's ``crds/``."""
     args = sys.argv[1:] if argv is None else argv
-    out_dir = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "crds"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CRD_FILE).write_text(render())
-    print(out_dir / CRD_FILE)
+    root = Path(__file__).resolve().parents[2]
+    out_dirs = [Path(a) for a in args] or [root / "crds", root / "charts" / "lora-operator" / "crds"]
+    text = render()
+    for out_dir in out_dirs:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CRD_FILE).write_text(text)
+        print(out_dir / CRD_FILE)
     return 0
 
 

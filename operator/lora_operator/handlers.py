@@ -13,11 +13,12 @@ from typing import Any
 
 import kopf
 import kubernetes
+import yaml
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lora_operator import api, builders
-from lora_operator.status import TERMINAL, reconcile_status, set_condition
+from lora_operator.status import TERMINAL, reconcile_status, set_condition, spec_drift
 from lora_operator.validation import describe_validation_error
 
 CONFIG = builders.OperatorConfig.from_env()
@@ -49,7 +50,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=api.GROUP, key="last-handled-configuration")
     # Only Kopf's warnings and errors become Events; ours are explicit kopf.event calls.
     settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.watching.server_timeout = 300
+    # Let the apiserver filter: without this the operator would stream every Job and Pod.
+    selector = ",".join(f"{k}={v}" for k, v in _CHILD_SELECTOR.items())
+    settings.watching.label_selectors["batch", "v1", "jobs"] = selector
+    settings.watching.label_selectors["", "v1", "pods"] = selector
     kubernetes.config.load_config()
 
 
@@ -122,21 +128,26 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
                  meta: kopf.Meta, **_: Any) -> None:
     """Only ``suspend`` reaches a running Job; other edits are reported, not applied."""
     old, new = dict(old or {}), dict(new or {})
-    changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
-    if "suspend" in changed and status.get("phase") not in TERMINAL:
+    if old.get("suspend") != new.get("suspend") and status.get("phase") not in TERMINAL:
         suspend = bool(new.get("suspend"))
         kubernetes.client.BatchV1Api().patch_namespaced_job(
             builders.job_name(name), namespace, {"spec": {"suspend": suspend}})
         kopf.event(body, type="Normal", reason="Suspended" if suspend else "Resumed",
-                  message=f"Job {builders.job_name(name)} {'suspended' if suspend else 'resumed'}")
-    ignored = [k for k in changed if k != "suspend"]
-    if ignored:
-        message = (f"spec fields {', '.join(ignored)} changed after the Job was created and are not applied "
-                   "to this run; create a new LoraTrainingJob to train with them")
-        conds = set_condition(list(status.get("conditions") or []), "SpecChangeIgnored", "True",
-                              "ImmutableAfterStart", message, _now_s(), meta.get("generation"))
+                   message=f"Job {builders.job_name(name)} {'suspended' if suspend else 'resumed'}")
+    frozen = kubernetes.client.CoreV1Api().read_namespaced_config_map(builders.spec_configmap_name(name), namespace)
+    drift = spec_drift(yaml.safe_load(frozen.data["spec.yaml"]), new)
+    was_ignored = any(c.get("type") == "SpecChangeIgnored" and c.get("status") == "True"
+                      for c in status.get("conditions") or [])
+    if drift or was_ignored:
+        message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
+                   "applied; create a new LoraTrainingJob to train with them") if drift else \
+            "the spec matches the one this run started with again"
+        conds = set_condition(list(status.get("conditions") or []), "SpecChangeIgnored",
+                              "True" if drift else "False", "ImmutableAfterStart" if drift else "SpecRestored",
+                              message, _now_s(), meta.get("generation"))
         _patch_status(namespace, name, {"conditions": conds})
-        kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
+        if drift:
+            kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
     sync(namespace, name)
 
 

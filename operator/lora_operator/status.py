@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from lora_operator import builders, progress
-from lora_operator.api import PIPELINE_STEPS, Phase
+from lora_operator.api import PIPELINE_STEPS, LoraTrainingJobSpec, Phase
 
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
 CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Stalled", "QualityRegressed")
@@ -162,6 +162,19 @@ def merge_summary(status: dict[str, Any], summary: dict[str, Any]) -> dict[str, 
         elif status.get(key) != value:
             patch[key] = value
     return patch
+
+
+def spec_drift(frozen: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Top-level spec fields (besides ``suspend``) whose effective value differs from the frozen spec."""
+
+    def effective(spec: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return LoraTrainingJobSpec.model_validate(spec).model_dump(by_alias=True, exclude={"suspend"})
+        except ValueError:  # an invalid edit still counts as a change
+            return {k: v for k, v in spec.items() if k != "suspend"}
+
+    a, b = effective(frozen), effective(current)
+    return sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
 
 
 def _quality_regressed(status: dict[str, Any]) -> tuple[bool, str] | None:

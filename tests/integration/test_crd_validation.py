@@ -50,24 +50,25 @@ BAD_SPECS = [
     ("name too long", _with("spec.suspend", False, name="x" * 60), "metadata.name must be at most 56"),
 ]
 
-def test_valid_spec_is_accepted_with_defaults(kubectl, crds, namespace) -> None:
-    kubectl.apply(VALID, namespace)
-    obj = kubectl.get("loratrainingjob", "valid", namespace)
+def test_valid_spec_is_accepted_with_defaults(kubectl, crds, module_namespace) -> None:
+    kubectl.apply(VALID, module_namespace)
+    obj = kubectl.get("loratrainingjob", "valid", module_namespace)
     assert obj["spec"]["lora"]["rank"] == 8
     assert obj["spec"]["lora"]["targetModules"] == ["q_proj", "v_proj"]
     assert obj["spec"]["resources"]["gpu"] == 1
     assert obj["spec"]["data"]["validationFraction"] == 0.1
 
 @pytest.mark.parametrize(("case", "manifest", "expected"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
-def test_invalid_spec_is_rejected_with_a_clear_message(kubectl, crds, namespace, case, manifest, expected) -> None:
-
-    proc = kubectl.run("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+def test_invalid_spec_is_rejected_with_a_clear_message(
+    kubectl, crds, module_namespace, case, manifest, expected
+) -> None:
+    proc = kubectl.run("apply", "-n", module_namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
     assert proc.returncode != 0, f"{case}: accepted"
     assert expected in proc.stderr, f"{case}: {proc.stderr}"
-    assert kubectl.get("loratrainingjob", manifest["metadata"]["name"], namespace) is None
+    assert kubectl.get("loratrainingjob", manifest["metadata"]["name"], module_namespace) is None
 
-def test_unknown_fields_are_rejected(kubectl, crds, namespace) -> None:
+def test_unknown_fields_are_rejected(kubectl, crds, module_namespace) -> None:
 
     manifest = _with("spec.lora", {"rnak": 8})
-    proc = kubectl.run("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    proc = kubectl.run("apply", "-n", module_namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
     assert proc.returncode != 0 and 'unknown field "spec.lora.rnak"' in proc.stderr, proc.stderr

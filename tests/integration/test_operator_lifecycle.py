@@ -73,6 +73,10 @@ def test_spec_edits_are_reported_not_applied_and_suspend_is(kubectl, operator, n
     assert "lora" in cond["message"]
     spec_cm = kubectl.get("configmap", "gamma-spec", namespace)
     assert "rank: 8" in spec_cm["data"]["spec.yaml"]  # the run keeps the spec it started with
+    kubectl("patch", "ltj", "gamma", "-n", namespace, "--type=merge", "-p", '{"spec": {"lora": {"rank": 8}}}')
+    wait_for("SpecChangeIgnored cleared", lambda: next(
+        c for c in _status(kubectl, namespace, "gamma")["conditions"] if c["type"] == "SpecChangeIgnored"
+    )["status"] == "False", timeout=60)
     kubectl("patch", "ltj", "gamma", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
     wait_for("the Job to be resumed",
              lambda: kubectl.get("job", "gamma-train", namespace)["spec"]["suspend"] is False, timeout=60)

@@ -140,3 +140,13 @@ def test_merge_summary_keeps_step_timestamps() -> None:
     patch = merge_summary(status, {"steps": [{"name": "before-metrics", "state": "Completed"}], "xp": 5})
     assert patch["steps"][0] == {"name": "before-metrics", "state": "Completed", "startTime": "2026-01-01T10:00:00Z"}
     assert patch["xp"] == 5
+
+
+def test_spec_drift_ignores_suspend_and_defaults() -> None:
+    from lora_operator.status import spec_drift
+
+    frozen = {"model": {"hubId": "a/b"}, "datasets": [{"builtin": "minion-handbook"}], "suspend": True}
+    same_with_defaults = {**frozen, "suspend": False, "lora": {"rank": 8}}
+    assert spec_drift(frozen, same_with_defaults) == []
+    assert spec_drift(frozen, {**frozen, "lora": {"rank": 16}}) == ["lora"]
+    assert spec_drift(frozen, {**frozen, "model": {"hubId": "c/d"}, "queueName": "q"}) == ["model", "queueName"]

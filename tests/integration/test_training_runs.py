@@ -1,0 +1,155 @@
+"""Whole runs: kubectl apply -> operator -> Job -> trainer pod on the test node -> status -> terminal phase.
+
+The trainer is the real one (transformers + peft); the tiny runs use a 2-layer Llama built at
+test time and stored on a PVC, the end-to-end run the real SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, wait_for
+from tests.trainer.tiny import build_tiny_model
+
+pytestmark = pytest.mark.integration
+
+
+def _status(kubectl, namespace, name):
+    return (kubectl.get("ltj", name, namespace) or {}).get("status") or {}
+
+
+class StatusRecorder(threading.Thread):
+    """Records every distinct (phase, step, progress, loss) the resource shows while a run goes on."""
+
+    def __init__(self, kubectl, namespace: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.kubectl, self.namespace, self.name = kubectl, namespace, name
+        self.seen: list[dict] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            s = _status(self.kubectl, self.namespace, self.name)
+            snap = {k: s.get(k) for k in ("phase", "stepSummary", "progress", "loss", "trainingStep")}
+            if s and (not self.seen or snap != self.seen[-1]):
+                self.seen.append(snap)
+            if s.get("phase") in ("Succeeded", "Failed"):
+                return
+            time.sleep(0.3)
+
+
+def _pvc(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+def _bound_dir(kubectl, namespace: str, claim: str) -> Path:
+    volume = wait_for(f"PVC {claim} bound", lambda: (kubectl.get("pvc", claim, namespace) or {})
+                      .get("spec", {}).get("volumeName"), timeout=60)
+    return Path(kubectl.get("pv", volume, "")["spec"]["hostPath"]["path"])
+
+
+@pytest.fixture
+def tiny_model_pvc(kubectl, namespace, test_node) -> str:
+    """A PVC holding a tiny Llama in /tiny, as a model store would."""
+    kubectl.apply(_pvc("models"), namespace)
+    folder = _bound_dir(kubectl, namespace, "models") / "tiny"
+    texts = [line for line in (ROOT / "trainer-image/lora_trainer/data/minion_handbook.jsonl").read_text().splitlines()]
+    build_tiny_model(folder, texts)
+    return "models"
+
+
+def _tiny_run(name: str, **overrides) -> dict:
+    spec = {
+        "model": {"path": "/models/tiny"},
+        "volumes": [{"name": "models", "claimName": "models", "mountPath": "/models"}],
+        "datasets": [{"builtin": "minion-handbook"}],
+        "lora": {"maxSteps": 120, "batchSize": 4, "gradientAccumulationSteps": 1, "learningRate": 0.005,
+                 "loggingSteps": 5, "evalSteps": 40, "saveSteps": 40, "maxLength": 128,
+                 "targetModules": ["q_proj", "v_proj"]},
+        "evaluation": {"heldOutItems": 4, "generation": {"maxNewTokens": 8}},
+        "resources": {"gpu": 1, "cpu": "1", "memory": "2Gi"},
+        "output": {"claimName": "artifacts"},
+    }
+    spec.update(overrides)
+    return {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": {"name": name},
+            "spec": spec}
+
+
+def _assert_succeeded_with_results(status: dict) -> None:
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["progress"] == 100 and status["stepSummary"] == "9/9 improvements"
+    assert all(s["state"] in ("Completed", "Skipped") for s in status["steps"]), status["steps"]
+    assert status["before"]["overall"] is not None and status["after"]["overall"] is not None
+    assert status["before"]["items"] == status["after"]["items"]
+    assert status["improvements"] and status["xp"] > 0 and status["trainItems"] > 0
+    assert status["artifacts"]["adapter"].startswith("/output/")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+
+
+def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, namespace, tiny_model_pvc, test_node):
+    kubectl.apply(_pvc("artifacts"), namespace)
+    recorder = StatusRecorder(kubectl, namespace, "tiny")
+    kubectl.apply(_tiny_run("tiny"), namespace)
+    recorder.start()
+    recorder.join(timeout=600)
+    status = _status(kubectl, namespace, "tiny")
+    _assert_succeeded_with_results(status)
+    pods = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=tiny-train",
+                                  "-o", "yaml"))["items"]
+    assert [p["spec"]["nodeName"] for p in pods] == [test_node.name]
+    assert pods[0]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    phases = [s["phase"] for s in recorder.seen]
+    assert phases[-1] == "Succeeded" and "Running" in phases
+    progresses = [s["progress"] for s in recorder.seen if s["phase"] == "Running" and s["progress"] is not None]
+    assert len(set(progresses)) >= 3 and progresses == sorted(progresses), recorder.seen
+    assert any(s["loss"] is not None for s in recorder.seen if s["phase"] == "Running")
+    table = kubectl("get", "loratrainingjobs", "-n", namespace)
+    print(table)
+    row = table.splitlines()[1].split()
+    assert row[:3] == ["tiny", "Succeeded", "9/9"] and row[4] == "100" and row[6] == str(status["xp"])
+    artifacts = _bound_dir(kubectl, namespace, "artifacts") / namespace / "tiny"
+    assert (artifacts / "adapter" / "adapter_config.json").exists()
+    assert (artifacts / "report.json").exists()
+
+
+def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, namespace, tiny_model_pvc):
+    kubectl.apply(_pvc("artifacts"), namespace)
+    spec = _tiny_run("broken", datasets=[{"inline": [{"instruction": "too short", "output": "x"}]}],
+                     runtime={"backoffLimit": 3})
+    kubectl.apply(spec, namespace)
+    status = wait_for("Failed", lambda: (s := _status(kubectl, namespace, "broken")).get("phase") == "Failed" and s,
+                      timeout=300)
+    assert "exit code 2" in status["message"], status["message"]
+    assert "dataset" in status["message"].lower()
+    failed = next(s for s in status["steps"] if s["state"] == "Failed")
+    assert failed["name"] == "datasets"
+    jobs = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]
+    assert len(jobs) == 1  # invalid input is not retried (podFailurePolicy)
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=broken")
+    assert "Warning" in events and "Failed" in events
+
+
+def test_final_metrics_arrive_when_status_updates_are_revoked_mid_run(
+    kubectl, operator, namespace, tiny_model_pvc, test_node
+):
+    kubectl.apply(_pvc("artifacts"), namespace)
+    kubectl.apply(_tiny_run("cut"), namespace)
+    wait_for("the trainer's first status update",
+             lambda: any(s.get("state") != "Pending" for s in _status(kubectl, namespace, "cut").get("steps", [])),
+             timeout=180, interval=0.2)
+    kubectl("delete", "rolebinding", "cut-trainer", "-n", namespace)
+    at_revocation = _status(kubectl, namespace, "cut")
+    assert at_revocation.get("phase") != "Succeeded"
+    status = wait_for("a terminal phase", lambda: (s := _status(kubectl, namespace, "cut")).get("phase")
+                      in ("Succeeded", "Failed") and s, timeout=600)
+    _assert_succeeded_with_results(status)
+    pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"][0]
+    stderr = (test_node.pod_dir(namespace, pod["metadata"]["name"]) / "stderr.log").read_text()
+    assert "status update failed" in stderr  # the direct path really was cut
