@@ -56,18 +56,22 @@ def _bound_dir(kubectl, namespace: str, claim: str) -> Path:
 
 @pytest.fixture
 def tiny_model_pvc(kubectl, namespace, test_node) -> str:
-    """A PVC holding a tiny Llama in /tiny, as a model store would."""
+    """A PVC "models" holding a tiny Llama in tiny/, as a model store would; returns the volume's path.
+
+    The test node runs pods as local processes and rewrites mount paths only in the command and
+    environment, not inside the mounted spec file, so the run mounts the volume at its real path.
+    """
     kubectl.apply(_pvc("models"), namespace)
-    folder = _bound_dir(kubectl, namespace, "models") / "tiny"
-    texts = [line for line in (ROOT / "trainer-image/lora_trainer/data/minion_handbook.jsonl").read_text().splitlines()]
-    build_tiny_model(folder, texts)
-    return "models"
+    root = _bound_dir(kubectl, namespace, "models")
+    texts = (ROOT / "trainer-image/lora_trainer/data/minion_handbook.jsonl").read_text().splitlines()
+    build_tiny_model(root / "tiny", texts)
+    return str(root)
 
 
-def _tiny_run(name: str, **overrides) -> dict:
+def _tiny_run(name: str, models: str, **overrides) -> dict:
     spec = {
-        "model": {"path": "/models/tiny"},
-        "volumes": [{"name": "models", "claimName": "models", "mountPath": "/models"}],
+        "model": {"path": f"{models}/tiny"},
+        "volumes": [{"name": "models", "claimName": "models", "mountPath": models}],
         "datasets": [{"builtin": "minion-handbook"}],
         "lora": {"maxSteps": 120, "batchSize": 4, "gradientAccumulationSteps": 1, "learningRate": 0.005,
                  "loggingSteps": 5, "evalSteps": 40, "saveSteps": 40, "maxLength": 128,
@@ -81,14 +85,15 @@ def _tiny_run(name: str, **overrides) -> dict:
             "spec": spec}
 
 
-def _assert_succeeded_with_results(status: dict) -> None:
+def _assert_succeeded_with_results(status: dict, namespace: str, name: str) -> None:
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["progress"] == 100 and status["stepSummary"] == "9/9 improvements"
     assert all(s["state"] in ("Completed", "Skipped") for s in status["steps"]), status["steps"]
     assert status["before"]["overall"] is not None and status["after"]["overall"] is not None
     assert status["before"]["items"] == status["after"]["items"]
     assert status["improvements"] and status["xp"] > 0 and status["trainItems"] > 0
-    assert status["artifacts"]["adapter"].startswith("/output/")
+    # The test node maps /output to a local folder, so only the run's own part of the path is fixed.
+    assert status["artifacts"]["adapter"].endswith(f"/{namespace}/{name}/adapter")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
 
@@ -96,11 +101,11 @@ def _assert_succeeded_with_results(status: dict) -> None:
 def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, namespace, tiny_model_pvc, test_node):
     kubectl.apply(_pvc("artifacts"), namespace)
     recorder = StatusRecorder(kubectl, namespace, "tiny")
-    kubectl.apply(_tiny_run("tiny"), namespace)
+    kubectl.apply(_tiny_run("tiny", tiny_model_pvc), namespace)
     recorder.start()
     recorder.join(timeout=600)
     status = _status(kubectl, namespace, "tiny")
-    _assert_succeeded_with_results(status)
+    _assert_succeeded_with_results(status, namespace, "tiny")
     pods = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=tiny-train",
                                   "-o", "yaml"))["items"]
     assert [p["spec"]["nodeName"] for p in pods] == [test_node.name]
@@ -121,11 +126,14 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
 
 def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, namespace, tiny_model_pvc):
     kubectl.apply(_pvc("artifacts"), namespace)
-    spec = _tiny_run("broken", datasets=[{"inline": [{"instruction": "too short", "output": "x"}]}],
-                     runtime={"backoffLimit": 3})
+    # Every item is shorter than minTextLength: the dataset ends up empty, which no retry can fix.
+    spec = _tiny_run("broken", tiny_model_pvc, data={"minTextLength": 5000}, runtime={"backoffLimit": 3})
     kubectl.apply(spec, namespace)
-    status = wait_for("Failed", lambda: (s := _status(kubectl, namespace, "broken")).get("phase") == "Failed" and s,
-                      timeout=300)
+    def failed():
+        s = _status(kubectl, namespace, "broken")
+        return s if s.get("phase") == "Failed" else [False, s.get("phase"), s.get("message"), s.get("stepSummary")]
+
+    status = wait_for("Failed", failed, timeout=180)
     assert "exit code 2" in status["message"], status["message"]
     assert "dataset" in status["message"].lower()
     failed = next(s for s in status["steps"] if s["state"] == "Failed")
@@ -140,7 +148,7 @@ def test_final_metrics_arrive_when_status_updates_are_revoked_mid_run(
     kubectl, operator, namespace, tiny_model_pvc, test_node
 ):
     kubectl.apply(_pvc("artifacts"), namespace)
-    kubectl.apply(_tiny_run("cut"), namespace)
+    kubectl.apply(_tiny_run("cut", tiny_model_pvc), namespace)
     wait_for("the trainer's first status update",
              lambda: any(s.get("state") != "Pending" for s in _status(kubectl, namespace, "cut").get("steps", [])),
              timeout=180, interval=0.2)
@@ -149,7 +157,7 @@ def test_final_metrics_arrive_when_status_updates_are_revoked_mid_run(
     assert at_revocation.get("phase") != "Succeeded"
     status = wait_for("a terminal phase", lambda: (s := _status(kubectl, namespace, "cut")).get("phase")
                       in ("Succeeded", "Failed") and s, timeout=600)
-    _assert_succeeded_with_results(status)
+    _assert_succeeded_with_results(status, namespace, "cut")
     pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"][0]
     stderr = (test_node.pod_dir(namespace, pod["metadata"]["name"]) / "stderr.log").read_text()
     assert "status update failed" in stderr  # the direct path really was cut

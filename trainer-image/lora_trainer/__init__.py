@@ -4,3 +4,8 @@
 and what a user runs on a laptop; ``pipeline.run_pipeline`` is the same thing as a function
 with pluggable event sinks (``events.Sink``).
 """
+
+import logging
+
+# bitsandbytes warns on import about optional CPU kernels that training on CPU never uses.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

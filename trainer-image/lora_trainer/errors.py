@@ -1,4 +1,6 @@
-"""Failures the pipeline reports as a step message instead of a traceback."""
+"""Failures the pipeline reports as a step message instead of a traceback, and the exit codes."""
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
 
 
 class StepError(Exception):
@@ -10,3 +12,7 @@ class InvalidInput(StepError):
 
     The operator's Job fails fast on that exit code instead of spending its pod retries.
     """
+
+
+def exit_code(err: StepError) -> int:
+    return EXIT_INVALID_INPUT if isinstance(err, InvalidInput) else EXIT_FAILED

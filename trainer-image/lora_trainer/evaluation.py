@@ -16,8 +16,8 @@ from statistics import fmean
 from typing import Any
 
 import torch
-from lora_operator.api import EvaluationSpec, GenerationSettings, GradeScores
 
+from lora_operator.api import EvaluationSpec, GenerationSettings, GradeScores
 from lora_trainer.formats import IGNORE_INDEX, Example, features, render_prompt
 from lora_trainer.generation import generate
 from lora_trainer.grader import Grader, aggregate
@@ -96,7 +96,7 @@ def grade_model(
     grades = [grader.grade(i.query, a.text, i.reference, i.keywords) for i, a in zip(items, answers, strict=True)]
     records = [
         {"item": i.label, "query": i.query, "reference": i.reference, "answer": a.text,
-         "seconds": round(a.seconds, 4), "newTokens": a.new_tokens, **asdict(g), "overall": round(g.overall, 2)}
+         "seconds": round(a.seconds, 4), "newTokens": a.new_tokens, **g.as_json()}
         for i, a, g in zip(items, answers, grades, strict=True)
     ]
     generated_seconds = sum(a.seconds for a in answers)

@@ -115,7 +115,7 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
 
 
-def progress_bar(status: dict[str, Any]) -> str | None:
+def progress_bar(status: dict[str, Any], tokens_per_second: float | None = None) -> str | None:
     """'training [████░░░░] 12/30  loss 1.8421  lr 9.5e-04  812 tok/s  ETA 1m04s', or None."""
     total = status.get("trainingTotalSteps")
     if not total:
@@ -129,6 +129,8 @@ def progress_bar(status: dict[str, Any]) -> str | None:
         parts.append(f"eval {status['evalLoss']:.4f}")
     if status.get("learningRate") is not None:
         parts.append(f"lr {status['learningRate']:.1e}")
+    if tokens_per_second:
+        parts.append(f"{tokens_per_second:.0f} tok/s")
     if status.get("etaSeconds") is not None and step < total:
         parts.append(f"ETA {format_duration(status['etaSeconds'])}")
     return "  ".join(parts)
@@ -176,22 +178,21 @@ class ConsoleSink:
         self._started: dict[int, float] = {}
         self._durations: dict[int, float] = {}
         self._drawn_lines = 0
-
-    def _width(self) -> int:
-        return shutil.get_terminal_size((110, 24)).columns if self.live else 160
+        self._tokens_per_second: float | None = None  # not part of the status, so kept here
 
     def _step_line(self, index: int) -> str:
+        """' ✓ 4 training           2m03s  message'; cut to the terminal's width when live."""
         step = self.status["steps"][index]
         duration = self._durations.get(index)
-        if duration is None and step["state"] == "Active" and index in self._started:
+        if duration is None and self.live and step["state"] == "Active" and index in self._started:
             duration = time.monotonic() - self._started[index]
         shown = format_duration(duration) if duration is not None else ""
         line = f" {_MARKS[step['state']]} {index} {PIPELINE_STEPS[index]:<16}{shown:>7}  {step.get('message') or ''}"
-        return line[: self._width() - 1]
+        return line[: shutil.get_terminal_size((120, 24)).columns - 1] if self.live else line.rstrip()
 
     def _checklist(self) -> list[str]:
         lines = [self._step_line(i) for i in range(len(PIPELINE_STEPS))]
-        bar = progress_bar(self.status)
+        bar = progress_bar(self.status, self._tokens_per_second)
         if bar and self.status["steps"][PIPELINE_STEPS.index("training")]["state"] == "Active":
             lines.append("   " + bar)
         return lines
@@ -209,6 +210,8 @@ class ConsoleSink:
 
     def emit(self, event: TrainerEvent) -> None:
         self.status = reduce(self.status, event)
+        if isinstance(event, TrainEvent):
+            self._tokens_per_second = event.tokens_per_second
         if isinstance(event, StepEvent):
             if event.state == "Active":
                 self._started[event.index] = time.monotonic()
@@ -219,7 +222,7 @@ class ConsoleSink:
         elif isinstance(event, StepEvent):
             self._write([self._step_line(event.index)])
         elif isinstance(event, TrainEvent):
-            self._write(["   " + (progress_bar(self.status) or "")])
+            self._write(["   " + (progress_bar(self.status, self._tokens_per_second) or "")])
         elif isinstance(event, EvalEvent):
             self._write([f"   eval loss {event.eval_loss:.4f} at step {event.step}"])
         elif isinstance(event, MetricsEvent):

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_operator.api import DatasetFormat
-
 from lora_trainer.sources import RawRow
 
 IGNORE_INDEX = -100  # label value the loss ignores (prompt tokens, padding)

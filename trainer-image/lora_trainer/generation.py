@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
+
 from lora_operator.api import GenerationSettings
 
 MIN_PROMPT_TOKENS = 16
@@ -40,8 +42,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def generate(model: Any, tokenizer: Any, prompt_text: str, settings: GenerationSettings, context: int) -> Answer:
-    from transformers import GenerationConfig
-
     ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     budget = max(MIN_PROMPT_TOKENS, context - settings.max_new_tokens)
     kept = ids[-budget:]

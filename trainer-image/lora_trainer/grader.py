@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Protocol
 
-from lora_operator.api import LLM_JUDGE_MESSAGE, GraderSpec
+from pydantic.alias_generators import to_camel
 
+from lora_operator.api import LLM_JUDGE_MESSAGE, GraderSpec
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.text import (
-    content_keywords,
     contains_phrase,
+    content_keywords,
     longest_run,
     repeated_ngram_fraction,
     stem,
@@ -42,7 +43,10 @@ JUDGE_API_KEY_ENV = "LORA_JUDGE_API_KEY"
 JUDGE_TIMEOUT_SECONDS = 60
 _CRITERIA = ("task_accuracy", "completeness", "correctness", "coherence")
 # Characters a normal answer is made of; anything else counts as garbage for coherence.
-_ORDINARY = re.compile(r"[\w\s.,;:!?'\"()\[\]{}\-/%&+*=<>#@$€£°’“”–—…]")
+_ORDINARY = re.compile(
+    r"[\w\s.,;:!?'\"()\[\]{}\-/%&+*=<>#@$"
+    "\u20ac\u00a3\u00b0\u2018\u2019\u201c\u201d\u2013\u2014\u2026]"  # euro pound degree quotes dashes ellipsis
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class ItemGrade:
     def overall(self) -> float:
         """Mean of the criteria this item could be graded on."""
         return fmean(v for v in (getattr(self, c) for c in _CRITERIA) if v is not None)
+
+    def as_json(self) -> dict[str, float | int | None]:
+        """camelCase, like GradeScores on the wire."""
+        values = {c: getattr(self, c) for c in _CRITERIA}
+        return {**{to_camel(c): None if v is None else round(v, 2) for c, v in values.items()},
+                "overall": round(self.overall, 2), "complexity": self.complexity}
 
 
 class Grader(Protocol):

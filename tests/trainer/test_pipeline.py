@@ -1,0 +1,232 @@
+"""The whole pipeline on the tiny model: events, console, artifacts, report, failures and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lora_operator.api import PIPELINE_STEPS
+from lora_operator.progress import (
+    EvalEvent,
+    FailureEvent,
+    MetricsEvent,
+    ReportEvent,
+    StepEvent,
+    TrainerEvent,
+    TrainEvent,
+    final_summary,
+    parse_event,
+)
+from lora_trainer.cli import main
+from lora_trainer.events import ConsoleSink, JsonlSink
+from lora_trainer.pipeline import EXECUTION_ORDER, run_pipeline
+from lora_trainer.xp import award_xp
+from tests.trainer.conftest import tiny_spec, tiny_spec_dict
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[TrainerEvent] = []
+        self.final: dict[str, Any] | None = None
+
+    def emit(self, event: TrainerEvent) -> None:
+        self.events.append(event)
+
+    def close(self, final_status: dict[str, Any]) -> None:
+        self.final = final_status
+
+    def steps(self) -> list[tuple[int, str]]:
+        return [(e.index, e.state) for e in self.events if isinstance(e, StepEvent)]
+
+    def message(self, index: int) -> str:
+        return next(e.message for e in reversed(self.events)
+                    if isinstance(e, StepEvent) and e.index == index and e.message)
+
+
+class Run:
+    def __init__(self, output: Path, status: dict[str, Any], recorder: Recorder, console: str) -> None:
+        self.output, self.status, self.recorder, self.console = output, status, recorder, console
+
+
+def run(spec: Any, output: Path) -> Run:
+    recorder, console = Recorder(), io.StringIO()
+    sinks = [recorder, JsonlSink(output / "events.jsonl"), ConsoleSink(console, live=False)]
+    status = run_pipeline(spec, output, sinks)
+    return Run(output, status, recorder, console.getvalue())
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    output = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORA_TERMINATION_MESSAGE_PATH", str(output / "termination-log"))
+        return run(tiny_spec(tiny_model), output)
+
+
+def test_steps_run_in_the_documented_order_and_all_complete(finished: Run) -> None:
+    assert finished.recorder.steps() == [(i, s) for i in EXECUTION_ORDER for s in ("Active", "Completed")]
+    status = finished.status
+    assert [s["state"] for s in status["steps"]] == ["Completed"] * len(PIPELINE_STEPS)
+    assert status["progress"] == 100 and status["exitCode"] == 0 and finished.recorder.final is not None
+
+
+def test_training_metrics_and_report_events(finished: Run) -> None:
+    events = finished.recorder.events
+    train = [e for e in events if isinstance(e, TrainEvent)]
+    assert [e.step for e in train] == [1, 2, 3, 4] and all(e.total_steps == 4 for e in train)
+    assert train[-1].eta_seconds == 0 and all(e.learning_rate is not None for e in train)
+    assert [e.step for e in events if isinstance(e, EvalEvent)] == [2, 4]
+    before, after = (next(e for e in events if isinstance(e, MetricsEvent) and e.which == w)
+                     for w in ("before", "after"))
+    assert before.scores.items == after.scores.items == 4  # 3 held-out items + 1 query
+    assert before.scores.eval_loss is not None and after.scores.eval_loss is not None
+    report = next(e for e in events if isinstance(e, ReportEvent))
+    assert report.xp == award_xp(report.train_items, report.improvements.quality_points)
+    assert report.improvements.eval_loss_delta == pytest.approx(after.scores.eval_loss - before.scores.eval_loss)
+    status = finished.status
+    assert status["xp"] == report.xp and status["trainItems"] == report.train_items == 54
+    assert status["trainingStep"] == status["trainingTotalSteps"] == 4 and len(status["lossHistory"]) == 4
+
+
+def test_after_metrics_grade_the_same_items_as_before(finished: Run) -> None:
+    before, after = (json.loads((finished.output / "evaluation" / f"{w}.json").read_text())
+                     for w in ("before", "after"))
+    assert [a["item"] for a in before["answers"]] == [a["item"] for a in after["answers"]]
+    assert [a["item"] for a in before["answers"]][-1] == "query 1"
+    testing = json.loads((finished.output / "evaluation" / "testing.json").read_text())
+    long = testing["edgeCases"]["longPrompt"]
+    assert long["promptTokens"] > long["keptTokens"] == 96 - 8  # context minus maxNewTokens
+
+
+def test_artifacts_manifest_and_report(finished: Run) -> None:
+    out = finished.output
+    artifacts = finished.status["artifacts"]
+    assert artifacts == {"adapter": str(out / "adapter"), "merged": str(out / "merged"),
+                         "report": str(out / "report.json"), "manifest": str(out / "manifest.json")}
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "merged" / "model.safetensors").is_file()
+    assert (out / "merged" / "tokenizer.json").is_file() and (out / "adapter" / "chat_template.jinja").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["baseModel"] and len(manifest["fingerprint"]) == 16
+    for entry in manifest["files"]:
+        data = (out / entry["path"]).read_bytes()
+        assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+    assert json.loads((out / "report.json").read_text()) == finished.status
+    assert (out / "termination-log").read_text() == final_summary(finished.status)
+    stats = json.loads((out / "dataset-stats.json").read_text())
+    assert stats["train"] == 54 and stats["validation"] == 6
+
+
+def test_events_file_is_the_same_stream(finished: Run) -> None:
+    lines = (finished.output / "events.jsonl").read_text().splitlines()
+    assert [parse_event(line) for line in lines] == finished.recorder.events
+
+
+def test_console_shows_checklist_progress_and_report(finished: Run) -> None:
+    text = finished.console
+    assert " ▶ 1 datasets" in text and " ✓ 1 datasets" in text
+    assert "training [" in text and "4/4" in text and "eval loss" in text
+    checklist = text.split("steps:\n", 1)[1]
+    assert [line.split()[:3] for line in checklist.splitlines()[:10]] == \
+        [["✓", str(i), name] for i, name in enumerate(PIPELINE_STEPS)]
+    report = text.split("report:\n", 1)[1]
+    for row in ("weighted overall", "held-out loss", "perplexity", "seconds / answer", "XP:", "adapter:"):
+        assert row in report
+
+
+def test_live_console_redraws_in_place() -> None:
+    stream = io.StringIO()
+    sink = ConsoleSink(stream, live=True)
+    sink.emit(StepEvent(index=4, state="Active"))
+    sink.emit(TrainEvent(step=3, total_steps=12, loss=1.5, learning_rate=1e-4, eta_seconds=75,
+                         tokens_per_second=812.4))
+    text = stream.getvalue()
+    assert text.count("\x1b[10F\x1b[J") == 1  # the first 10-line block is redrawn with the bar below it
+    assert "training [██████░░░░░░░░░░░░░░░░░░] 3/12  loss 1.5000  lr 1.0e-04  812 tok/s  ETA 1m15s" in text
+    assert " ▶ 4 training" in text and " · 5 saving" in text
+
+
+def test_a_rerun_reuses_before_metrics_and_resumes_the_last_checkpoint(finished: Run, tiny_model: Path,
+                                                                      tmp_path: Path) -> None:
+    output = tmp_path / "again"
+    shutil.copytree(finished.output, output)
+    again = run(tiny_spec(tiny_model), output)
+    assert again.status["exitCode"] == 0
+    assert "reused from a previous attempt" in again.recorder.message(0)
+    assert "resumed from checkpoint-4" in again.recorder.message(4)
+
+
+def test_an_empty_dataset_fails_step_1(tiny_model: Path, tmp_path: Path) -> None:
+    failed = run(tiny_spec(tiny_model, datasets=[{"inline": [{"text": "tiny"}], "name": "scraps"}]), tmp_path)
+    assert failed.status["exitCode"] == 2
+    assert [s["state"] for s in failed.status["steps"]] == ["Pending", "Failed"] + ["Pending"] * 8
+    assert failed.status["steps"][1]["message"] == (
+        "no usable training items: 1 rows from 1 source(s) -> 0 train / 0 validation; dropped 1 too short")
+
+
+def test_a_failing_step_is_reported(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORA_TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
+    failed = run(tiny_spec(tiny_model, lora={"targetModules": ["q_proj", "qkv"]}), tmp_path / "out")
+    status = failed.status
+    assert status["exitCode"] == 2  # invalid input: a retry cannot help
+    assert [s["state"] for s in status["steps"]] == ["Completed", "Completed", "Failed"] + ["Pending"] * 7
+    assert "['qkv'] match no linear module" in status["steps"][2]["message"]
+    failure = [e for e in failed.recorder.events if isinstance(e, FailureEvent)]
+    assert len(failure) == 1 and failure[0].message.startswith("step 2 model failed: lora.targetModules ['qkv']")
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["message"] == failure[0].message and summary["steps"][2] == {"name": "model", "state": "Failed"}
+    assert "FAILED in model" in failed.console
+
+
+def test_a_retryable_failure_exits_1(tiny_model: Path, tmp_path: Path) -> None:
+    failed = run(tiny_spec(tiny_model, datasets=[{"url": "http://127.0.0.1:9/data.jsonl"}]), tmp_path)
+    assert failed.status["exitCode"] == 1  # the server may come back: the Job's retry may succeed
+    step = failed.status["steps"][1]
+    assert step["state"] == "Failed" and "cannot download http://127.0.0.1:9/data.jsonl" in step["message"]
+
+
+def test_cli_rejects_a_bad_spec_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"hubId": "a/b", "path": "/m"}, "datasets": [{"inline": []}],
+                                   "lora": {"rank": 0}}))
+    assert main(["run", str(bad), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "invalid spec" in err and "set exactly one of hubId, path or package" in err and "spec.lora.rank" in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "not-yaml.yaml").write_text("model: [")
+    assert main(["validate", str(tmp_path / "not-yaml.yaml")]) == 2
+    assert "cannot read YAML" in capsys.readouterr().err
+
+
+def test_cli_validate_reads_a_manifest_and_prints_statistics(tiny_model: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "LoraTrainingJob",
+                "metadata": {"name": "demo"}, "spec": tiny_spec_dict(tiny_model)}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "ConfigMap"}, manifest]))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "spec: valid" in out and "172 rows from 1 source(s) -> 54 train / 6 validation" in out
+    assert json.loads(out.split("\n", 2)[2])["sources"]["minion-handbook"]["rows"] == 172
+    empty = tiny_spec_dict(tiny_model, datasets=[{"inline": [{"text": "x"}]}])
+    path.write_text(yaml.safe_dump(empty))
+    assert main(["validate", str(path)]) == 2
+    assert "no usable training items" in capsys.readouterr().err
+
+
+def test_cli_run_writes_events_and_exit_code(tiny_model: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec_dict(tiny_model, lora={"maxSteps": 1}, evaluation={"queries": []})))
+    assert main(["run", str(spec), "--output", str(tmp_path / "out"), "--events", "-", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    events = [parse_event(line) for line in captured.out.splitlines()]
+    assert isinstance(events[-1], StepEvent) and events[-1].index == 9 and events[-1].state == "Completed"
+    assert captured.err == ""  # --quiet: no checklist
