@@ -161,3 +161,24 @@ def test_final_metrics_arrive_when_status_updates_are_revoked_mid_run(
     pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"][0]
     stderr = (test_node.pod_dir(namespace, pod["metadata"]["name"]) / "stderr.log").read_text()
     assert "status update failed" in stderr  # the direct path really was cut
+
+
+@pytest.mark.e2e
+def test_quickstart_example_trains_smollm2_with_live_status(kubectl, operator, namespace, test_node):
+    """`kubectl apply -f examples/quickstart.yaml` on the test control plane, watched like a user would."""
+    recorder = StatusRecorder(kubectl, namespace, "quickstart")
+    kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "quickstart.yaml"))
+    recorder.start()
+    recorder.join(timeout=1500)
+    status = _status(kubectl, namespace, "quickstart")
+    _assert_succeeded_with_results(status, namespace, "quickstart")
+    running = [s for s in recorder.seen if s["phase"] == "Running"]
+    progresses = [s["progress"] for s in running if s["progress"] is not None]
+    assert len(set(progresses)) >= 3 and progresses == sorted(progresses), recorder.seen
+    assert any(s["loss"] is not None and s["stepSummary"].startswith("4/9") for s in running), recorder.seen
+    assert status["after"]["evalLoss"] < status["before"]["evalLoss"]
+    assert status["improvements"]["evalLossDelta"] < 0
+    assert len(status["lossHistory"]) >= 3
+    print(kubectl("get", "loratrainingjobs", "-n", namespace))
+    print(f"{len(recorder.seen)} distinct status snapshots while running; first/last: {recorder.seen[0]} "
+          f"{recorder.seen[-1]}")
