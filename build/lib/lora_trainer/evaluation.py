@@ -1,0 +1,110 @@
+"""The evaluation shared by before-metrics, validation, testing and after-metrics.
+
+Held-out loss and perplexity over the validation split, and THE_ANSWER grades of generated
+answers for the evaluation items (held-out items plus the spec's queries), built once per run so
+before and after are measured on exactly the same items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from statistics import fmean
+from typing import Any
+
+import torch
+
+from lora_operator.api import EvaluationSpec, GenerationSettings, GradeScores
+from lora_trainer.formats import IGNORE_INDEX, Example, features, render_prompt
+from lora_trainer.generation import generate
+from lora_trainer.grader import Grader, aggregate
+
+LOSS_BATCH_SIZE = 4
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    label: str  # "held-out handbook.jsonl:17" or "query 2"
+    query: str
+    prompt_text: str
+    reference: str | None
+    keywords: tuple[str, ...]
+
+
+def eval_items(validation: Sequence[Example], evaluation: EvaluationSpec, tokenizer: Any) -> list[EvalItem]:
+    """The first ``heldOutItems`` validation items that have a prompt, then the spec's queries."""
+    held_out = [e for e in validation if e.prompt][: evaluation.held_out_items]
+    items = [EvalItem(f"held-out {e.location}", e.query, e.prompt_text, e.completion, ()) for e in held_out]
+    for i, q in enumerate(evaluation.queries, 1):
+        prompt = render_prompt(tokenizer, [{"role": "user", "content": q.query}])
+        items.append(EvalItem(f"query {i}", q.query, prompt, q.reference, tuple(q.expected_keywords)))
+    return items
+
+
+def items_digest(items: Sequence[EvalItem]) -> str:
+    """Identity of an evaluation set: cached before-metrics are reused only for the same items."""
+    return hashlib.sha256(json.dumps([asdict(i) for i in items], sort_keys=True).encode()).hexdigest()
+
+
+def heldout_loss(
+    model: Any, examples: Sequence[Example], max_length: int, completion_only: bool
+) -> tuple[float | None, float | None]:
+    """Token-weighted mean cross-entropy of the answer tokens (the trained tokens) and its exp."""
+    rows = [f for e in examples if (f := features(e, max_length, completion_only)) is not None]
+    if not rows:
+        return None, None
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(rows), LOSS_BATCH_SIZE):
+            batch = rows[start : start + LOSS_BATCH_SIZE]
+            width = max(len(r["input_ids"]) for r in batch)
+            ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in batch], device=device)
+            labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in batch],
+                                  device=device)
+            mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
+                                device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            targets = labels[:, 1:]
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            ).item()
+            count += int((targets != IGNORE_INDEX).sum())
+    if count == 0:
+        return None, None
+    loss = total / count
+    return round(loss, 6), round(math.exp(min(loss, 50.0)), 4)
+
+
+@dataclass
+class GradedRun:
+    scores: GradeScores
+    records: list[dict[str, Any]]  # one per item: query, answer, scores, seconds
+
+
+def grade_model(
+    model: Any, tokenizer: Any, items: Sequence[EvalItem], generation: GenerationSettings, grader: Grader,
+    context: int, seed: int,
+) -> GradedRun:
+    """Generate an answer per item (timed) and grade it (not timed)."""
+    torch.manual_seed(seed)
+    answers = [generate(model, tokenizer, item.prompt_text, generation, context) for item in items]
+    grades = [grader.grade(i.query, a.text, i.reference, i.keywords) for i, a in zip(items, answers, strict=True)]
+    records = [
+        {"item": i.label, "query": i.query, "reference": i.reference, "answer": a.text,
+         "seconds": round(a.seconds, 4), "newTokens": a.new_tokens, **g.as_json()}
+        for i, a, g in zip(items, answers, grades, strict=True)
+    ]
+    generated_seconds = sum(a.seconds for a in answers)
+    scores = GradeScores(
+        **aggregate(grades),
+        seconds_per_answer=round(fmean(a.seconds for a in answers), 4) if answers else None,
+        tokens_per_second=round(sum(a.new_tokens for a in answers) / generated_seconds, 2)
+        if generated_seconds > 0 else None,
+        items=len(items),
+    )
+    return GradedRun(scores, records)

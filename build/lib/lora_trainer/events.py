@@ -1,0 +1,245 @@
+"""The event emitter and its sinks.
+
+The pipeline emits ``lora_operator.progress`` events only; everything that shows or stores
+progress is a ``Sink``. The emitter folds events with ``progress.reduce`` so the final status
+is the same dict the operator would compute from the same events.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from lora_operator.api import PIPELINE_STEPS
+from lora_operator.progress import (
+    EvalEvent,
+    FailureEvent,
+    MetricsEvent,
+    StepEvent,
+    TrainerEvent,
+    TrainEvent,
+    dump_event,
+    initial_status,
+    reduce,
+)
+
+
+class Sink(Protocol):
+    """Receives every event in order, then the final reduced status once.
+
+    A sink should not raise for transient trouble (a status API being briefly down): the
+    training run matters more than one lost progress update.
+    """
+
+    def emit(self, event: TrainerEvent) -> None: ...
+
+    def close(self, final_status: dict[str, Any]) -> None: ...
+
+
+class Emitter:
+    """Fans events out to sinks and keeps the reduced status."""
+
+    def __init__(self, sinks: Iterable[Sink]) -> None:
+        self.sinks = list(sinks)
+        self.status: dict[str, Any] = initial_status()
+
+    def emit(self, event: TrainerEvent) -> None:
+        self.status = reduce(self.status, event)
+        for sink in self.sinks:
+            sink.emit(event)
+
+    def close(self) -> dict[str, Any]:
+        for sink in self.sinks:
+            sink.close(self.status)
+        return self.status
+
+
+class JsonlSink:
+    """One JSON event per line, appended (a resumed run continues the same file); '-' is stdout."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._stdout = str(path) == "-"
+        if self._stdout:
+            self._file: TextIO = sys.stdout
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def emit(self, event: TrainerEvent) -> None:
+        self._file.write(dump_event(event) + "\n")
+        self._file.flush()
+
+    def close(self, final_status: dict[str, Any]) -> None:
+        if not self._stdout:
+            self._file.close()
+
+
+_MARKS = {"Completed": "✓", "Active": "▶", "Failed": "✗", "Pending": "·", "Skipped": "-"}
+_BAR_WIDTH = 24
+# (label, GradeScores field, higher is better) rows of the final report table.
+_REPORT_ROWS: tuple[tuple[str, str, bool], ...] = (
+    ("task accuracy", "taskAccuracy", True),
+    ("completeness", "completeness", True),
+    ("correctness", "correctness", True),
+    ("coherence", "coherence", True),
+    ("overall", "overall", True),
+    ("weighted overall", "weightedOverall", True),
+    ("held-out loss", "evalLoss", False),
+    ("perplexity", "perplexity", False),
+    ("seconds / answer", "secondsPerAnswer", False),
+    ("tokens / second", "tokensPerSecond", True),
+    ("graded items", "items", True),
+)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def progress_bar(status: dict[str, Any], tokens_per_second: float | None = None) -> str | None:
+    """'training [████░░░░] 12/30  loss 1.8421  lr 9.5e-04  812 tok/s  ETA 1m04s', or None."""
+    total = status.get("trainingTotalSteps")
+    if not total:
+        return None
+    step = status.get("trainingStep") or 0
+    filled = round(_BAR_WIDTH * min(1.0, step / total))
+    parts = [f"training [{'█' * filled}{'░' * (_BAR_WIDTH - filled)}] {step}/{total}"]
+    if status.get("loss") is not None:
+        parts.append(f"loss {status['loss']:.4f}")
+    if status.get("evalLoss") is not None:
+        parts.append(f"eval {status['evalLoss']:.4f}")
+    if status.get("learningRate") is not None:
+        parts.append(f"lr {status['learningRate']:.1e}")
+    if tokens_per_second:
+        parts.append(f"{tokens_per_second:.0f} tok/s")
+    if status.get("etaSeconds") is not None and step < total:
+        parts.append(f"ETA {format_duration(status['etaSeconds'])}")
+    return "  ".join(parts)
+
+
+def report_table(status: dict[str, Any]) -> list[str]:
+    """Before/after table, improvements, XP and artifacts of a finished run."""
+    before, after = status.get("before") or {}, status.get("after") or {}
+    lines: list[str] = []
+    if before or after:
+        lines.append(f"  {'':<18}{'before':>10}{'after':>10}{'change':>10}")
+        for label, key, _ in _REPORT_ROWS:
+            b, a = before.get(key), after.get(key)
+            if b is None and a is None:
+                continue
+            change = "" if b is None or a is None or key == "items" else f"{a - b:+.4g}"
+            lines.append(f"  {label:<18}{_number(b):>10}{_number(a):>10}{change:>10}")
+    imp = status.get("improvements") or {}
+    if imp:
+        described = {
+            "qualityPercent": "quality {:+.1f}%", "qualityPoints": "quality {:+.1f} points",
+            "speedPercent": "speed {:+.1f}%", "evalLossDelta": "held-out loss {:+.4f}",
+            "perplexityPercent": "perplexity {:+.1f}%",
+        }
+        lines.append("  improvements: " + ", ".join(fmt.format(imp[k]) for k, fmt in described.items()
+                                                    if imp.get(k) is not None))
+    if status.get("xp") is not None:
+        lines.append(f"  XP: {status['xp']} for {status.get('trainItems', 0)} training items")
+    for name, path in (status.get("artifacts") or {}).items():
+        lines.append(f"  {name}: {path}")
+    return lines
+
+
+class ConsoleSink:
+    """Human view on a terminal: live step checklist, training bar, final report table.
+
+    ``live`` (default: the stream is a TTY) redraws the checklist in place; otherwise every
+    change is one appended line, which reads well in ``kubectl logs``.
+    """
+
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.status = initial_status()
+        self._started: dict[int, float] = {}
+        self._durations: dict[int, float] = {}
+        self._drawn_lines = 0
+        self._tokens_per_second: float | None = None  # not part of the status, so kept here
+
+    def _step_line(self, index: int) -> str:
+        """' ✓ 4 training           2m03s  message'; cut to the terminal's width when live."""
+        step = self.status["steps"][index]
+        duration = self._durations.get(index)
+        if duration is None and self.live and step["state"] == "Active" and index in self._started:
+            duration = time.monotonic() - self._started[index]
+        shown = format_duration(duration) if duration is not None else ""
+        line = f" {_MARKS[step['state']]} {index} {PIPELINE_STEPS[index]:<16}{shown:>7}  {step.get('message') or ''}"
+        return line[: shutil.get_terminal_size((120, 24)).columns - 1] if self.live else line.rstrip()
+
+    def _checklist(self) -> list[str]:
+        lines = [self._step_line(i) for i in range(len(PIPELINE_STEPS))]
+        bar = progress_bar(self.status, self._tokens_per_second)
+        if bar and self.status["steps"][PIPELINE_STEPS.index("training")]["state"] == "Active":
+            lines.append("   " + bar)
+        return lines
+
+    def _write(self, lines: list[str]) -> None:
+        self.stream.write("".join(line + "\n" for line in lines))
+        self.stream.flush()
+
+    def _redraw(self) -> None:
+        if self._drawn_lines:
+            self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")  # back to the block's top, clear
+        lines = self._checklist()
+        self._write(lines)
+        self._drawn_lines = len(lines)
+
+    def emit(self, event: TrainerEvent) -> None:
+        self.status = reduce(self.status, event)
+        if isinstance(event, TrainEvent):
+            self._tokens_per_second = event.tokens_per_second
+        if isinstance(event, StepEvent):
+            if event.state == "Active":
+                self._started[event.index] = time.monotonic()
+            elif event.index in self._started:
+                self._durations[event.index] = time.monotonic() - self._started[event.index]
+        if self.live:
+            self._redraw()
+        elif isinstance(event, StepEvent):
+            self._write([self._step_line(event.index)])
+        elif isinstance(event, TrainEvent):
+            self._write(["   " + (progress_bar(self.status, self._tokens_per_second) or "")])
+        elif isinstance(event, EvalEvent):
+            self._write([f"   eval loss {event.eval_loss:.4f} at step {event.step}"])
+        elif isinstance(event, MetricsEvent):
+            scores = event.scores
+            self._write([f"   {event.which}: overall {_number(scores.overall)}, weighted "
+                         f"{_number(scores.weighted_overall)}, held-out loss {_number(scores.eval_loss)}"])
+        elif isinstance(event, FailureEvent):
+            self._write([f" ✗ {event.message}"])
+
+    def close(self, final_status: dict[str, Any]) -> None:
+        self.status = final_status
+        if self.live:
+            self._redraw()
+        else:
+            self._write(["", "steps:", *self._checklist()])
+        failed = [s["name"] for s in final_status["steps"] if s["state"] == "Failed"]
+        if failed:
+            self._write(["", f"FAILED in {', '.join(failed)}: {final_status.get('message', '')}"])
+            return
+        self._write(["", "report:", *report_table(final_status)])

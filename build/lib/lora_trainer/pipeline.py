@@ -1,0 +1,108 @@
+"""The 10-step pipeline as one function with pluggable sinks: ``run_pipeline``.
+
+Steps run in the order datasets (1), before-metrics (0), model (2), then 3..9: grading the base
+model needs the held-out split, so the datasets come first; before-metrics loads the base model
+and grades it untouched, then step 2 wraps that same model in LoRA (docs/trainer.md). Events
+carry step indices, so consumers show the checklist in index order whatever the execution order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+
+from lora_operator.api import PIPELINE_STEPS, LoraTrainingJobSpec
+from lora_operator.progress import FailureEvent, StepEvent, final_summary
+from lora_trainer.context import RunContext
+from lora_trainer.errors import EXIT_FAILED, EXIT_OK, StepError, exit_code
+from lora_trainer.events import Emitter, Sink
+from lora_trainer.steps import (
+    after_metrics,
+    before_metrics,
+    improvements,
+    model,
+    saving,
+    testing,
+    training,
+    training_config,
+    validation,
+)
+from lora_trainer.steps import datasets as datasets_step
+
+TERMINATION_MESSAGE_ENV = "LORA_TERMINATION_MESSAGE_PATH"
+
+STEP_RUNNERS: dict[int, Callable[[RunContext], str]] = {
+    0: before_metrics.run,
+    1: datasets_step.run,
+    2: model.run,
+    3: training_config.run,
+    4: training.run,
+    5: saving.run,
+    6: validation.run,
+    7: testing.run,
+    8: after_metrics.run,
+    9: improvements.run,
+}
+EXECUTION_ORDER: tuple[int, ...] = (1, 0, 2, 3, 4, 5, 6, 7, 8, 9)
+assert sorted(EXECUTION_ORDER) == list(range(len(PIPELINE_STEPS))) == sorted(STEP_RUNNERS)
+
+
+def quiet_libraries() -> None:
+    """Library progress bars, info logs and deprecation notices (meant for developers of the pinned
+    libraries, not for users of the trainer) would interleave with the console sink's checklist."""
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # peft looks for the base model's config.json to guess whether the vocabulary changed; a GGUF or
+    # package source has none, and this trainer never resizes the vocabulary.
+    warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
+
+
+def _write_results(status: dict[str, Any], output_dir: Path) -> None:
+    (output_dir / saving.REPORT).write_text(json.dumps(status, indent=2))
+    termination = os.environ.get(TERMINATION_MESSAGE_ENV)
+    if termination:
+        Path(termination).write_text(final_summary(status))
+
+
+def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Iterable[Sink]) -> dict[str, Any]:
+    """Run every step, emitting events to ``sinks``; return the final reduced status.
+
+    A failure marks its step Failed and emits a FailureEvent. The returned status carries
+    ``exitCode``: 0, 1 (failed: a retry may help) or 2 (invalid spec or data: it cannot). It is
+    also written to ``<output_dir>/report.json`` and, in compact form, to the termination
+    message file named by $LORA_TERMINATION_MESSAGE_PATH.
+    """
+    output = Path(output_dir).resolve()  # artifact paths in the status are absolute
+    output.mkdir(parents=True, exist_ok=True)
+    quiet_libraries()
+    emitter = Emitter(sinks)
+    ctx = RunContext(spec=spec, output_dir=output, emit=emitter.emit)
+    code, message = EXIT_OK, ""
+    index = EXECUTION_ORDER[0]
+    try:
+        for index in EXECUTION_ORDER:
+            emitter.emit(StepEvent(index=index, state="Active"))
+            done = STEP_RUNNERS[index](ctx)
+            emitter.emit(StepEvent(index=index, state="Completed", message=done))
+    except StepError as err:
+        code, message = exit_code(err), str(err)
+    except Exception as err:  # unexpected: keep the traceback in the log, the gist in the status
+        traceback.print_exc(file=sys.stderr)
+        code, message = EXIT_FAILED, f"{type(err).__name__}: {err}"
+    if code:
+        emitter.emit(StepEvent(index=index, state="Failed", message=message))
+        emitter.emit(FailureEvent(message=f"step {index} {PIPELINE_STEPS[index]} failed: {message}"))
+    status = {**emitter.close(), "exitCode": code}
+    _write_results(status, output)
+    return status

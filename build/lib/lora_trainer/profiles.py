@@ -1,0 +1,71 @@
+"""Hardware profiles: the values unset LoRA fields take on a GPU or on a CPU.
+
+Set values always win (``LoraSettings``' docstring). The resolved precision is also the dtype
+the base model is loaded in, so a model trained in fp16 is loaded, merged and reloaded in fp16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lora_operator.api import LoraSettings
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    batch_size: int
+    gradient_accumulation_steps: int
+    epochs: float
+    fp16: bool
+
+
+GPU_PROFILE = Profile("gpu", batch_size=4, gradient_accumulation_steps=8, epochs=3, fp16=True)
+CPU_PROFILE = Profile("cpu", batch_size=1, gradient_accumulation_steps=8, epochs=1, fp16=False)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The hyper-parameters in force and which ones came from the profile."""
+
+    profile: str
+    batch_size: int
+    gradient_accumulation_steps: int
+    epochs: float
+    fp16: bool
+    bf16: bool
+    from_profile: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
+
+
+def resolve(lora: LoraSettings, cuda: bool) -> Resolved:
+    profile = GPU_PROFILE if cuda else CPU_PROFILE
+    from_profile = tuple(name for name, value in (
+        ("batchSize", lora.batch_size), ("gradientAccumulationSteps", lora.gradient_accumulation_steps),
+        ("epochs", lora.epochs), ("precision", True if lora.bf16 else lora.fp16),
+    ) if value is None)
+    notes: tuple[str, ...] = ()
+    if cuda:
+        bf16 = bool(lora.bf16)
+        fp16 = not bf16 and (profile.fp16 if lora.fp16 is None else lora.fp16)
+    else:
+        fp16 = bf16 = False
+        if lora.fp16 or lora.bf16:
+            notes = ("fp16/bf16 need a GPU: training in fp32 on CPU",)
+    return Resolved(
+        profile=profile.name,
+        batch_size=lora.batch_size or profile.batch_size,
+        gradient_accumulation_steps=lora.gradient_accumulation_steps or profile.gradient_accumulation_steps,
+        epochs=lora.epochs or profile.epochs,
+        fp16=fp16, bf16=bf16, from_profile=from_profile, notes=notes,
+    )
+
+
+def for_this_machine(lora: LoraSettings) -> Resolved:
+    return resolve(lora, torch.cuda.is_available())

@@ -1,0 +1,239 @@
+"""Step 1a: read every dataset source of the spec into rows that remember where they came from.
+
+Sources: inline items, a ConfigMap key (mounted by the operator as a file), a file or folder
+in the container, an http(s) URL, a hub dataset, a sample dataset shipped in this package.
+File types: JSONL, JSON, CSV, Parquet. A row that cannot be read is recorded as an error with
+its file and line and skipped; a source that cannot be reached at all fails the step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.parquet as pq
+
+from lora_operator.api import DatasetSource, FileType
+from lora_trainer.errors import InvalidInput, StepError
+
+# Where the operator mounts ConfigMap datasets: <dir>/<configmap name>/<key>.
+CONFIGMAP_DIR_ENV = "LORA_CONFIGMAP_DIR"
+DEFAULT_CONFIGMAP_DIR = "/etc/lora/datasets"
+DOWNLOAD_TIMEOUT_SECONDS = 120
+BUILTIN_DIR = Path(__file__).parent / "data"  # builtin dataset a-b is data/a_b.jsonl
+
+_EXTENSIONS: dict[str, FileType] = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+}
+# CSV cells holding structured values (chat messages) are JSON text.
+_JSON_CELLS = ("messages", "prompt", "completion")
+
+
+@dataclass(frozen=True)
+class RawRow:
+    source: str
+    location: str  # "train.jsonl:17", "inline-0 item 3", "org/data row 5"
+    data: dict[str, Any]
+
+
+@dataclass
+class SourceRows:
+    label: str
+    rows: list[RawRow] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "train.jsonl:17: invalid JSON: ..."
+
+
+def configmap_dir() -> Path:
+    return Path(os.environ.get(CONFIGMAP_DIR_ENV, DEFAULT_CONFIGMAP_DIR))
+
+
+def source_label(ds: DatasetSource, index: int) -> str:
+    if ds.name:
+        return ds.name
+    if ds.config_map:
+        return f"{ds.config_map.name}/{ds.config_map.key}"
+    if ds.path:
+        return Path(ds.path).name or ds.path
+    if ds.url:
+        return Path(urllib.parse.urlparse(ds.url).path).name or ds.url
+    if ds.hub_id:
+        return ds.hub_id
+    if ds.builtin:
+        return ds.builtin
+    return f"inline-{index}"
+
+
+def builtin_path(name: str) -> Path:
+    return BUILTIN_DIR / f"{name.replace('-', '_')}.jsonl"
+
+
+def file_type_of(path: Path, declared: FileType) -> FileType:
+    """The declared type, else the extension's, else a sniff of the first character."""
+    if declared != "auto":
+        return declared
+    by_extension = _EXTENSIONS.get(path.suffix.lower())
+    if by_extension:
+        return by_extension
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith("["):
+        return "json"
+    if head.startswith("{"):
+        return "jsonl"
+    raise InvalidInput(f"cannot tell the file type of {path}: give it an extension or set fileType")
+
+
+def _object_or_error(value: Any, where: str, out: SourceRows) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        return value
+    out.errors.append(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return None
+
+
+def _read_jsonl(path: Path, name: str, out: SourceRows) -> None:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{name}:{lineno}"
+            try:
+                value = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as err:
+                out.errors.append(f"{where}: invalid JSON: {err.msg} (column {err.colno})")
+                continue
+            if (row := _object_or_error(value, where, out)) is not None:
+                out.rows.append(RawRow(out.label, where, row))
+
+
+def _read_json(path: Path, name: str, out: SourceRows) -> None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as err:
+        out.errors.append(f"{name}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno}); file skipped")
+        return
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]  # the product spec's {"data": [...]} datasets
+    items = value if isinstance(value, list) else [value]
+    for i, item in enumerate(items, 1):
+        where = f"{name}: item {i}"
+        if (row := _object_or_error(item, where, out)) is not None:
+            out.rows.append(RawRow(out.label, where, row))
+
+
+def _read_csv(path: Path, name: str, out: SourceRows) -> None:
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.DictReader(f)
+        for record in reader:
+            where = f"{name}:{reader.line_num}"
+            if None in record:
+                out.errors.append(f"{where}: more cells than header columns")
+                continue
+            row: dict[str, Any] = {k: v for k, v in record.items() if k and v not in (None, "")}
+            try:
+                for key in _JSON_CELLS:
+                    if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
+                        row[key] = json.loads(row[key])
+            except json.JSONDecodeError as err:
+                out.errors.append(f"{where}: column {key!r} is not valid JSON: {err.msg}")
+                continue
+            out.rows.append(RawRow(out.label, where, row))
+
+
+def _read_parquet(path: Path, name: str, out: SourceRows) -> None:
+    try:
+        records = pq.read_table(path).to_pylist()
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        out.errors.append(f"{name}: unreadable Parquet file: {err}; file skipped")
+        return
+    for i, record in enumerate(records, 1):
+        out.rows.append(RawRow(out.label, f"{name}: row {i}", {k: v for k, v in record.items() if v is not None}))
+
+
+_READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+
+
+def _read_file(path: Path, declared: FileType, out: SourceRows, name: str | None = None) -> None:
+    _READERS[file_type_of(path, declared)](path, name or path.name, out)
+
+
+def _files_under(folder: Path, declared: FileType) -> Iterator[Path]:
+    """Data files of a folder tree, sorted; hidden entries (ConfigMap's ..data links) skipped."""
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in relative) or not path.is_file():
+            continue
+        if declared != "auto" or path.suffix.lower() in _EXTENSIONS:
+            yield path
+
+
+def _read_path(path: Path, declared: FileType, out: SourceRows) -> None:
+    if path.is_dir():
+        files = list(_files_under(path, declared))
+        if not files:
+            raise InvalidInput(f"dataset {out.label!r}: folder {path} holds no .jsonl/.json/.csv/.parquet file")
+        for file in files:
+            _read_file(file, declared, out, str(file.relative_to(path)))
+    elif path.is_file():
+        _read_file(path, declared, out)
+    else:
+        raise InvalidInput(f"dataset {out.label!r}: {path} does not exist")
+
+
+def _download(url: str, declared: FileType, out: SourceRows) -> None:
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    with tempfile.TemporaryDirectory(prefix="lora-dataset-") as tmp:
+        target = Path(tmp) / name
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response, \
+                    open(target, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except urllib.error.HTTPError as err:
+            raise StepError(f"dataset {out.label!r}: GET {url} answered HTTP {err.code} {err.reason}") from err
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise StepError(f"dataset {out.label!r}: cannot download {url}: {reason}") from err
+        _read_file(target, declared, out)
+
+
+def _load_hub(ds: DatasetSource, out: SourceRows) -> None:
+    try:
+        table = datasets.load_dataset(ds.hub_id, name=ds.subset, split=ds.split)
+    except Exception as err:  # the hub client raises many types; the message is what matters
+        raise StepError(f"dataset {out.label!r}: cannot load hub dataset {ds.hub_id} "
+                        f"(split {ds.split}): {err}") from err
+    for i, record in enumerate(table, 1):
+        out.rows.append(RawRow(out.label, f"{ds.hub_id} row {i}", dict(record)))
+
+
+def read_source(ds: DatasetSource, index: int) -> SourceRows:
+    """All rows of one dataset source; unreadable rows are in ``errors``."""
+    out = SourceRows(source_label(ds, index))
+    if ds.inline is not None:
+        for i, item in enumerate(ds.inline, 1):
+            out.rows.append(RawRow(out.label, f"{out.label} item {i}", item))
+    elif ds.config_map is not None:
+        path = configmap_dir() / ds.config_map.name / ds.config_map.key
+        if not path.is_file():
+            raise InvalidInput(f"dataset {out.label!r}: {path} does not exist; is key {ds.config_map.key!r} in "
+                               f"ConfigMap {ds.config_map.name!r} (mounted under ${CONFIGMAP_DIR_ENV})?")
+        _read_file(path, ds.file_type, out, f"{ds.config_map.name}/{ds.config_map.key}")
+    elif ds.path is not None:
+        _read_path(Path(ds.path), ds.file_type, out)
+    elif ds.url is not None:
+        _download(ds.url, ds.file_type, out)
+    elif ds.hub_id is not None:
+        _load_hub(ds, out)
+    elif ds.builtin is not None:
+        _read_file(builtin_path(ds.builtin), "jsonl", out)
+    return out

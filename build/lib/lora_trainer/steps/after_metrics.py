@@ -1,0 +1,16 @@
+"""Step 8, after-metrics: step 0's evaluation on the trained model, on the same items.
+
+The held-out loss is step 6's: same reloaded model, same validation split.
+"""
+
+from __future__ import annotations
+
+from lora_operator.progress import MetricsEvent
+from lora_trainer.context import RunContext
+from lora_trainer.steps.before_metrics import describe, measure
+
+
+def run(ctx: RunContext) -> str:
+    ctx.after = measure(ctx, ctx.need("eval_model"), "after", ctx.validation_loss)
+    ctx.emit(MetricsEvent(which="after", scores=ctx.after))
+    return describe(ctx.after, "trained model") + "; same items as before-metrics"

@@ -1,0 +1,84 @@
+"""Step 0, before-metrics: load the base model, grade it on the evaluation items, held-out loss.
+
+It runs after step 1, whose validation split it grades on (docs/trainer.md), and before step 2
+wraps the model it loaded in LoRA, so the base model is measured untouched. The result is kept in
+``evaluation/before.json``: a restarted pod reuses it for the same items and model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from lora_operator.api import GradeScores
+from lora_operator.progress import MetricsEvent
+from lora_trainer.context import RunContext, digest
+from lora_trainer.evaluation import eval_items, grade_model, heldout_loss, items_digest
+from lora_trainer.events import format_duration
+from lora_trainer.generation import context_limit
+from lora_trainer.grader import make_grader
+from lora_trainer.modeling import load_model, resolve_source
+
+EVALUATION_DIR = "evaluation"
+
+
+def measure(ctx: RunContext, model: Any, which: str, loss: tuple[float | None, float | None],
+            key: str | None = None) -> GradeScores:
+    """Grade ``model`` on ``ctx.items`` with ``loss`` beside it; answers go to evaluation/<which>.json."""
+    spec = ctx.spec
+    graded = grade_model(model, ctx.tokenizer, ctx.items, spec.evaluation.generation, ctx.need("grader"),
+                         context_limit(model, spec.lora.max_length), spec.lora.seed)
+    scores = graded.scores.model_copy(update={"eval_loss": loss[0], "perplexity": loss[1]})
+    folder = ctx.output_dir / EVALUATION_DIR
+    folder.mkdir(exist_ok=True)
+    record = {"key": key, "scores": scores.model_dump(mode="json", by_alias=True), "answers": graded.records}
+    (folder / f"{which}.json").write_text(json.dumps(record, indent=2))
+    return scores
+
+
+def describe(scores: GradeScores, model: str) -> str:
+    if not scores.items:
+        graded = "nothing to grade (no held-out item with a prompt, no queries)"
+    else:
+        graded = (f"overall {scores.overall:.1f} (complexity-weighted {scores.weighted_overall:.1f}) on "
+                  f"{scores.items} items, {scores.seconds_per_answer:.2f}s per answer")
+    loss = f"held-out loss {scores.eval_loss:.4f} (perplexity {scores.perplexity:.2f})" \
+        if scores.eval_loss is not None else "no held-out loss (empty validation split)"
+    return f"{model}: {graded}; {loss}"
+
+
+def _cache_key(ctx: RunContext) -> str:
+    spec = ctx.spec
+    return digest({"model": spec.model.model_dump(mode="json"), "evaluation": spec.evaluation.model_dump(mode="json"),
+                   "items": items_digest(ctx.items), "maxLength": spec.lora.max_length,
+                   "completionOnly": spec.lora.completion_only_loss,
+                   "validation": [e.location for e in ctx.need("data").validation]})
+
+
+def _cached(path: Path, key: str) -> GradeScores | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return GradeScores.model_validate(record["scores"]) if record.get("key") == key else None
+
+
+def run(ctx: RunContext) -> str:
+    spec, data = ctx.spec, ctx.need("data")
+    started = time.monotonic()
+    ctx.loaded = load_model(spec.model, ctx.dtype)
+    loaded = f"loaded {resolve_source(spec.model).describe()} in {format_duration(time.monotonic() - started)}"
+    ctx.grader = make_grader(spec.evaluation.grader)
+    ctx.items = eval_items(data.validation, spec.evaluation, ctx.tokenizer)
+    key = _cache_key(ctx)
+    scores = _cached(ctx.output_dir / EVALUATION_DIR / "before.json", key)
+    note = "reused from a previous attempt" if scores else ""
+    if scores is None:
+        model = ctx.loaded.model
+        loss = heldout_loss(model, data.validation, spec.lora.max_length, spec.lora.completion_only_loss)
+        scores = measure(ctx, model, "before", loss, key)
+    ctx.before = scores
+    ctx.emit(MetricsEvent(which="before", scores=scores))
+    return "; ".join(p for p in (loaded, describe(scores, "base model"), note) if p)

@@ -1,0 +1,53 @@
+"""Step 9, improvements: before/after comparison, XP, and the run's report event.
+
+The product spec's formulas, made sound: a change relative to a zero (or missing) baseline is
+undefined and reported as null rather than dividing by zero (docs/grading.md).
+"""
+
+from __future__ import annotations
+
+from lora_operator.api import GradeScores, Improvements
+from lora_operator.progress import ReportEvent
+from lora_trainer.context import RunContext
+from lora_trainer.xp import award_xp, quality_multiplier
+
+
+def percent_change(old: float | None, new: float | None) -> float | None:
+    """(new - old) / |old| x 100; None without both values or with a zero baseline."""
+    if old is None or new is None or old == 0:
+        return None
+    return round((new - old) / abs(old) * 100, 2)
+
+
+def _difference(old: float | None, new: float | None) -> float | None:
+    return None if old is None or new is None else round(new - old, 6)
+
+
+def improvements(before: GradeScores | None, after: GradeScores | None) -> Improvements:
+    """Quality: weighted overall (higher is better). Speed: seconds per answer, positive = faster.
+    Loss delta and perplexity change: negative = better."""
+    b, a = before or GradeScores(), after or GradeScores()
+    speed = percent_change(b.seconds_per_answer, a.seconds_per_answer)
+    return Improvements(
+        quality_percent=percent_change(b.weighted_overall, a.weighted_overall),
+        quality_points=_difference(b.weighted_overall, a.weighted_overall),
+        speed_percent=None if speed is None else 0.0 - speed,  # (before - after) / before; no -0.0
+        eval_loss_delta=_difference(b.eval_loss, a.eval_loss),
+        perplexity_percent=percent_change(b.perplexity, a.perplexity),
+    )
+
+
+def run(ctx: RunContext) -> str:
+    result = improvements(ctx.before, ctx.after)
+    train_items = len(ctx.need("data").train)
+    xp = award_xp(train_items, result.quality_points)
+    ctx.emit(ReportEvent(improvements=result, xp=xp, train_items=train_items, artifacts=ctx.artifacts))
+    parts = [f"{xp} XP for {train_items} training items (quality multiplier "
+             f"{quality_multiplier(result.quality_points):.2f})"]
+    if result.quality_points is not None:
+        parts.append(f"quality {result.quality_points:+.1f} points")
+    if result.eval_loss_delta is not None:
+        parts.append(f"held-out loss {result.eval_loss_delta:+.4f}")
+    if result.speed_percent is not None:
+        parts.append(f"speed {result.speed_percent:+.1f}%")
+    return "; ".join(parts)

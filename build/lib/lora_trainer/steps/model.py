@@ -1,0 +1,27 @@
+"""Step 2, model: wrap the base model in LoRA after checking the target modules against it.
+
+The base model itself is loaded by step 0 (which runs first and grades it untouched); loading it
+once saves minutes on large models, and step 0's message says where it came from.
+"""
+
+from __future__ import annotations
+
+from transformers import set_seed
+
+from lora_trainer.context import RunContext
+from lora_trainer.modeling import apply_lora
+
+
+def run(ctx: RunContext) -> str:
+    lora, loaded = ctx.spec.lora, ctx.need("loaded")
+    set_seed(lora.seed)  # the adapter's random init must not depend on whether step 0 generated or reused
+    ctx.model = apply_lora(loaded, lora)
+    trainable, total = ctx.model.get_nb_trainable_parameters()
+    parameter = next(loaded.model.parameters())
+    return "; ".join([
+        f"base model: {(total - trainable) / 1e6:.1f}M parameters, {str(parameter.dtype).removeprefix('torch.')} "
+        f"on {parameter.device.type}",
+        f"LoRA r={lora.rank} alpha={lora.alpha:g} dropout={lora.dropout:g} on {', '.join(lora.target_modules)}: "
+        f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}%)",
+        *loaded.notes,
+    ])

@@ -1,0 +1,105 @@
+"""Step 5, saving: adapter, tokenizer, merged model, manifest; then re-read and compare them.
+
+The logits of the trained model on one probe input are kept for step 6, which checks that the
+reloaded artifact computes the same function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file
+
+from lora_operator.api import Artifacts
+from lora_operator.progress import now_iso
+from lora_trainer.context import RunContext
+from lora_trainer.errors import StepError
+from lora_trainer.modeling import load_model, resolve_source
+
+ADAPTER_DIR, MERGED_DIR, MANIFEST, REPORT = "adapter", "merged", "manifest.json", "report.json"
+PROBE_TOKENS = 64
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(root: Path, folders: list[Path], extra: dict[str, Any]) -> dict[str, Any]:
+    files = [
+        {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": sha256(p)}
+        for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()
+    ]
+    return {**extra, "created": now_iso(), "files": files}
+
+
+def verify_saved(folder: Path, expected: dict[str, torch.Tensor], what: str) -> int:
+    """Re-read every safetensors file of ``folder``; each tensor must equal the in-memory one."""
+    count = 0
+    for file in sorted(folder.glob("*.safetensors")):
+        for name, tensor in load_file(file).items():
+            if name not in expected or not torch.equal(tensor, expected[name].detach().cpu()):
+                raise StepError(f"{what}: {file.name} tensor {name} differs from the trained weights after reload")
+            count += 1
+    if count == 0:
+        raise StepError(f"{what}: no weights were written to {folder}")
+    return count
+
+
+def _probe(ctx: RunContext) -> torch.Tensor:
+    data = ctx.need("data")
+    example = (data.validation or data.train)[0]
+    return torch.tensor([[*example.prompt_ids, *example.completion_ids][:PROBE_TOKENS]])
+
+
+def _merged(ctx: RunContext, adapter_dir: Path) -> Any:
+    """Merge in place; a k-bit base is reloaded in full precision first (merging into 4/8-bit is lossy)."""
+    if ctx.need("loaded").quantized:
+        base = load_model(ctx.spec.model.model_copy(update={"quantization": "none"}), ctx.dtype).model
+        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    return ctx.model.merge_and_unload()
+
+
+def _size(folder: Path) -> str:
+    return f"{sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()) / 1e6:.1f} MB"
+
+
+def run(ctx: RunContext) -> str:
+    model, out = ctx.need("model"), ctx.output_dir
+    adapter_dir = out / ADAPTER_DIR
+    model.save_pretrained(str(adapter_dir))
+    ctx.tokenizer.save_pretrained(str(adapter_dir))
+    tensors = verify_saved(adapter_dir, get_peft_model_state_dict(model), "adapter")
+    parts = [f"adapter ({tensors} tensors, {_size(adapter_dir)}) in {adapter_dir}"]
+
+    probe = _probe(ctx).to(next(model.parameters()).device)
+    model.eval()
+    with torch.inference_mode():
+        ctx.probe = (probe, model(input_ids=probe).logits.float().cpu())
+
+    folders = [adapter_dir]
+    ctx.artifacts = Artifacts(adapter=str(adapter_dir), manifest=str(out / MANIFEST), report=str(out / REPORT))
+    if ctx.spec.output.merge:
+        merged_dir = out / MERGED_DIR
+        merged = _merged(ctx, adapter_dir)
+        merged.save_pretrained(str(merged_dir))
+        ctx.tokenizer.save_pretrained(str(merged_dir))
+        tensors = verify_saved(merged_dir, merged.state_dict(), "merged model")
+        folders.append(merged_dir)
+        ctx.artifacts.merged = str(merged_dir)
+        parts.append(f"merged model ({tensors} tensors, {_size(merged_dir)}) in {merged_dir}")
+        del merged
+    ctx.model = None  # the reloaded artifact is what gets evaluated from here on
+    info = {"baseModel": resolve_source(ctx.spec.model).describe(), "fingerprint": ctx.fingerprint}
+    listing = manifest(out, folders, info)
+    (out / MANIFEST).write_text(json.dumps(listing, indent=2))
+    parts.append(f"manifest of {len(listing['files'])} files; reload verified")
+    return "; ".join(parts)

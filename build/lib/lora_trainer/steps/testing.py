@@ -1,0 +1,57 @@
+"""Step 7, testing: the spec's queries with their expected keywords, and edge cases that must not crash.
+
+Edge cases: an empty user message, and a prompt several times longer than the context, which
+must be truncated to fit rather than fail. Details go to ``evaluation/testing.json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lora_trainer.context import RunContext
+from lora_trainer.formats import render_prompt
+from lora_trainer.generation import Answer, context_limit, generate
+from lora_trainer.steps.before_metrics import EVALUATION_DIR
+from lora_trainer.text import contains_phrase, stems, words
+
+LONG_PROMPT_FACTOR = 4  # the long-prompt edge case is at least this many times the context
+LONG_PROMPT_SENTENCE = "Explain this in as much detail as you can."
+
+
+def run(ctx: RunContext) -> str:
+    spec, model, tokenizer = ctx.spec, ctx.need("eval_model"), ctx.tokenizer
+    settings, context = spec.evaluation.generation, context_limit(model, spec.lora.max_length)
+
+    def ask(text: str) -> Answer:
+        return generate(model, tokenizer, render_prompt(tokenizer, [{"role": "user", "content": text}]), settings,
+                        context)
+
+    queries, hits, asked = [], 0, 0
+    for q in spec.evaluation.queries:
+        answer = ask(q.query)
+        answer_stems = stems(answer.text)
+        missing = [k for k in q.expected_keywords if not contains_phrase(answer_stems, words(k))]
+        hits += len(q.expected_keywords) - len(missing)
+        asked += len(q.expected_keywords)
+        queries.append({"query": q.query, "answer": answer.text, "missingKeywords": missing})
+
+    empty = ask("")
+    repeats = LONG_PROMPT_FACTOR * context // len(words(LONG_PROMPT_SENTENCE)) + 1  # a word is at least one token
+    long_text = " ".join([LONG_PROMPT_SENTENCE] * repeats)
+    long = ask(long_text)
+    edge = {
+        "emptyPrompt": {"answerWords": len(words(empty.text)), "answer": empty.text},
+        "longPrompt": {"promptTokens": long.original_prompt_tokens, "keptTokens": long.prompt_tokens,
+                       "answerWords": len(words(long.text)), "answer": long.text},
+    }
+    (ctx.output_dir / EVALUATION_DIR / "testing.json").write_text(json.dumps({"queries": queries, "edgeCases": edge},
+                                                                            indent=2))
+    parts = []
+    if queries:
+        share = f" ({100 * hits / asked:.0f}%)" if asked else ""
+        parts.append(f"{len(queries)} {'query' if len(queries) == 1 else 'queries'}: "
+                     f"{hits}/{asked} expected keywords{share}")
+    parts.append(f"empty prompt -> {edge['emptyPrompt']['answerWords']} words")
+    parts.append(f"{long.original_prompt_tokens}-token prompt truncated to {long.prompt_tokens} -> "
+                 f"{edge['longPrompt']['answerWords']} words")
+    return "; ".join(parts)

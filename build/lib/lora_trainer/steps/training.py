@@ -1,0 +1,126 @@
+"""Step 4, training: the HF Trainer with progress events, divergence checks and automatic resume.
+
+A checkpoint counts as complete once our callback has written its marker, which happens after
+the Trainer finished writing every file of it; a pod killed mid-save leaves a folder without a
+marker, which is removed, and the run resumes from the newest complete checkpoint instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from lora_operator.progress import EvalEvent, TrainerEvent, TrainEvent
+from lora_trainer.context import RunContext
+from lora_trainer.errors import InvalidInput
+from lora_trainer.events import format_duration
+
+MARKER = "lora-trainer-complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return sorted(found)
+
+
+def resume_point(folder: Path, fingerprint: str) -> Path | None:
+    """Newest complete checkpoint of this spec; removes incomplete ones, refuses a different spec's."""
+    newest = None
+    for _, path in _checkpoints(folder):
+        marker = path / MARKER
+        if not marker.is_file():
+            shutil.rmtree(path)
+            continue
+        theirs = json.loads(marker.read_text()).get("fingerprint")
+        if theirs != fingerprint:
+            raise InvalidInput(
+                f"{folder} holds checkpoints of a different spec (fingerprint {theirs}, this spec {fingerprint}); "
+                "use another output folder or delete the checkpoints to start over"
+            )
+        newest = path
+    return newest
+
+
+class ProgressCallback(TrainerCallback):
+    """Turns Trainer logs into TrainEvent/EvalEvent, marks complete checkpoints, stops divergence."""
+
+    def __init__(self, emit: Callable[[TrainerEvent], None], fingerprint: str, divergence_factor: float) -> None:
+        self.emit, self.fingerprint, self.divergence_factor = emit, fingerprint, divergence_factor
+        self.started = time.monotonic()
+        self.start_step = self.start_tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+        self.start_step, self.start_tokens = state.global_step, state.num_input_tokens_seen
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               **kwargs: Any) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            loss = float(logs["loss"])
+            self._check(loss, state)
+            elapsed = time.monotonic() - self.started
+            done = state.global_step - self.start_step
+            tokens = state.num_input_tokens_seen - self.start_tokens
+            self.emit(TrainEvent(
+                step=state.global_step, total_steps=state.max_steps, loss=loss,
+                learning_rate=logs.get("learning_rate"), epoch=state.epoch,
+                tokens_per_second=round(tokens / elapsed, 1) if elapsed > 0 and tokens else None,
+                eta_seconds=round(elapsed / done * (state.max_steps - state.global_step), 1) if done else None,
+            ))
+        if "eval_loss" in logs:
+            self.emit(EvalEvent(step=state.global_step, eval_loss=float(logs["eval_loss"])))
+
+    def _check(self, loss: float, state: Any) -> None:
+        """NaN/inf, or more than divergenceFactor x the first logged loss (kept across resumes)."""
+        if not math.isfinite(loss):
+            raise InvalidInput(f"training diverged: loss is {loss} at step {state.global_step}; "
+                               "lower lora.learningRate or check the data")
+        first = next(h["loss"] for h in state.log_history if "loss" in h)
+        if loss > self.divergence_factor * first:
+            raise InvalidInput(
+                f"training diverged: loss {loss:.4f} at step {state.global_step} exceeds "
+                f"{self.divergence_factor:g} x the first logged loss {first:.4f}; lower lora.learningRate"
+            )
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (folder / MARKER).write_text(json.dumps({"fingerprint": self.fingerprint, "step": state.global_step}))
+
+
+def run(ctx: RunContext) -> str:
+    plan = ctx.need("plan")
+    resume = resume_point(Path(plan.args.output_dir), ctx.fingerprint)
+    trainer = Trainer(
+        model=ctx.need("model"), args=plan.args, train_dataset=plan.train_rows,
+        eval_dataset=plan.eval_rows or None, data_collator=plan.collator, processing_class=ctx.tokenizer,
+        callbacks=[ProgressCallback(ctx.emit, ctx.fingerprint, ctx.spec.lora.divergence_factor)],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the events replace it
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
+    parts = [f"{state.global_step} optimizer steps in {format_duration(time.monotonic() - started)}"]
+    if resume:
+        parts.append(f"resumed from {resume.name}")
+    if losses:
+        parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} (mean {result.training_loss:.4f})")
+    if evals:
+        parts.append(f"eval loss {evals[-1]:.4f}")
+    if state.best_model_checkpoint and plan.args.load_best_model_at_end:
+        parts.append(f"best: {Path(state.best_model_checkpoint).name}")
+    return "; ".join(parts)

@@ -1,0 +1,111 @@
+"""Step 3, training-config: TrainingArguments from the spec and its hardware profile (``profiles``),
+labelled rows and the collator.
+
+Packing concatenates each micro-batch into one padding-free row whose position ids restart
+per item, so attention never crosses items (docs/trainer.md).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainingArguments
+
+from lora_operator.api import LoraSettings
+from lora_trainer.context import RunContext, TrainingPlan
+from lora_trainer.formats import IGNORE_INDEX, Example, features
+from lora_trainer.profiles import Resolved, resolve
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def optimizer_steps(items: int, r: Resolved, max_steps: int | None) -> int:
+    """What the Trainer will run: ceil(epochs x ceil(batches / accumulation)), or maxSteps."""
+    if max_steps:
+        return max_steps
+    batches = math.ceil(items / r.batch_size)
+    per_epoch = max(1, math.ceil(batches / r.gradient_accumulation_steps))
+    return math.ceil(r.epochs * per_epoch)
+
+
+def rows(examples: list[Example], lora: LoraSettings) -> list[dict[str, list[int]]]:
+    return [f for e in examples if (f := features(e, lora.max_length, lora.completion_only_loss)) is not None]
+
+
+def collator(tokenizer: Any, packing: bool) -> Any:
+    if packing:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
+
+
+def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: bool, cuda: bool) -> Any:
+    # The best checkpoint by eval loss can be restored only if every save follows an evaluation.
+    keep_best = has_eval and lora.save_steps % lora.eval_steps == 0
+    return TrainingArguments(
+        output_dir=str(output),
+        per_device_train_batch_size=r.batch_size,
+        per_device_eval_batch_size=r.batch_size,
+        gradient_accumulation_steps=r.gradient_accumulation_steps,
+        num_train_epochs=r.epochs,
+        max_steps=lora.max_steps or -1,
+        learning_rate=lora.learning_rate,
+        lr_scheduler_type=lora.lr_scheduler_type,
+        warmup_steps=lora.warmup_steps if lora.warmup_steps is not None else lora.warmup_ratio,
+        weight_decay=lora.weight_decay,
+        max_grad_norm=lora.max_grad_norm,
+        adam_beta1=lora.adam_beta1,
+        adam_beta2=lora.adam_beta2,
+        adam_epsilon=lora.adam_epsilon,
+        optim="adamw_torch",
+        fp16=r.fp16,
+        bf16=r.bf16,
+        use_cpu=not cuda,
+        activation_checkpointing=lora.gradient_checkpointing,
+        logging_steps=lora.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the divergence check
+        include_num_input_tokens_seen="all" if lora.packing else "non_padding",
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=lora.eval_steps,
+        save_strategy="steps",
+        save_steps=lora.save_steps,
+        save_total_limit=lora.save_total_limit,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
+        label_names=["labels"],
+        remove_unused_columns=False,
+        dataloader_pin_memory=cuda,
+        report_to="none",
+        disable_tqdm=True,
+        seed=lora.seed,
+        data_seed=lora.seed,
+    )
+
+
+def run(ctx: RunContext) -> str:
+    lora, data = ctx.spec.lora, ctx.need("data")
+    cuda = torch.cuda.is_available()
+    r = resolve(lora, cuda)
+    train_rows, eval_rows = rows(data.train, lora), rows(data.validation, lora)
+    args = training_arguments(lora, r, ctx.output_dir / CHECKPOINT_DIR, bool(eval_rows), cuda)
+    total = optimizer_steps(len(train_rows), r, lora.max_steps)
+    ctx.plan = TrainingPlan(args, train_rows, eval_rows, collator(ctx.tokenizer, lora.packing), total)
+    precision = "bf16" if r.bf16 else "fp16" if r.fp16 else "fp32"
+    warmup = f"{lora.warmup_steps} steps" if lora.warmup_steps is not None else f"{lora.warmup_ratio:.0%}"
+    parts = [
+        f"{r.profile} profile: batch {r.batch_size} x accumulation {r.gradient_accumulation_steps} = "
+        f"{r.batch_size * r.gradient_accumulation_steps} items/step, {total} optimizer steps "
+        + ("(maxSteps)" if lora.max_steps else f"({r.epochs:g} epochs of {len(train_rows)} items)"),
+        f"lr {lora.learning_rate:g} {lora.lr_scheduler_type}, warmup {warmup}, {precision}",
+        f"loss on {'answers only' if lora.completion_only_loss else 'all tokens'}, "
+        f"packing {'on (padding-free)' if lora.packing else 'off'}",
+    ]
+    if args.load_best_model_at_end:
+        parts.append("best checkpoint by eval loss restored at the end")
+    if r.from_profile:
+        parts.append("from profile: " + ", ".join(r.from_profile))
+    return "; ".join([*parts, *r.notes])
