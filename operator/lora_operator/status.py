@@ -106,6 +106,9 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
     failed = (job.get("status") or {}).get("failed") or 0
     retry = f" (retry {failed} after a failed pod)" if failed else ""
     if pod is None:
+        if any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
+            # The pod is done; the Job controller marks the Job Complete a moment later.
+            return Observation("Running", "Finishing", "the trainer finished; the Job is completing")
         return Observation("Pending", "CreatingPod", "waiting for the trainer pod" + retry)
     status = pod.get("status") or {}
     if status.get("phase") == "Running":

@@ -38,6 +38,9 @@ def test_observe_walks_the_phases() -> None:
     assert observe(_job(suspend=True), []).phase == "Suspended"
     assert observe(_job(suspend=True), [], queued=True).reason == "Queued"
     assert observe(_job([{"type": "Complete"}]), []).phase == "Succeeded"
+    # Between the pod's exit and the Job's Complete condition the run must not flap back to Pending.
+    done = _pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed"})
+    assert (observe(_job(), [done]).phase, observe(_job(), [done]).reason) == ("Running", "Finishing")
 
 
 def test_failed_job_reports_pod_reason_exit_code_and_trainer_message() -> None:
