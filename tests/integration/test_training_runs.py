@@ -1,7 +1,9 @@
 """Whole runs: kubectl apply -> operator -> Job -> trainer pod on the test node -> status -> terminal phase.
 
 The trainer is the real one (transformers + peft); the tiny runs use a 2-layer Llama built at
-test time and stored on a PVC, the end-to-end run the real SmolLM2-135M-Instruct.
+test time and stored on a PVC, the end-to-end run the real SmolLM2-135M-Instruct. The one thing
+not real: the test node advertises `nvidia.com/gpu` capacity without a GPU (none exists here), so
+GPU requests schedule as on a GPU node and the trainer then takes its CPU path.
 """
 
 from __future__ import annotations
@@ -122,6 +124,25 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
     artifacts = _bound_dir(kubectl, namespace, "artifacts") / namespace / "tiny"
     assert (artifacts / "adapter" / "adapter_config.json").exists()
     assert (artifacts / "report.json").exists()
+
+
+def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, tiny_model_pvc, test_node):
+    """A restarted operator adopts the running Job (no second one); deleting the run removes Job and pods."""
+    kubectl.apply(_pvc("artifacts"), namespace)
+    kubectl.apply(_tiny_run("restart", tiny_model_pvc), namespace)
+    wait_for("the trainer running", lambda: _status(kubectl, namespace, "restart").get("phase") == "Running",
+             timeout=120, interval=0.2)
+    operator.stop()
+    operator.start()
+    status = wait_for("a terminal phase", lambda: (s := _status(kubectl, namespace, "restart")).get("phase")
+                      in ("Succeeded", "Failed") and s, timeout=600)
+    _assert_succeeded_with_results(status, namespace, "restart")
+    jobs = yaml.safe_load(kubectl("get", "jobs", "-n", namespace, "-o", "yaml"))["items"]
+    pods = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]
+    assert len(jobs) == 1 and len(pods) == 1
+    kubectl("delete", "ltj", "restart", "-n", namespace, "--timeout=60s")
+    wait_for("Job and pod garbage-collected", lambda: not yaml.safe_load(
+        kubectl("get", "jobs,pods", "-n", namespace, "-o", "yaml"))["items"], timeout=90)
 
 
 def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, namespace, tiny_model_pvc):
