@@ -117,8 +117,10 @@ class ModelSpec(_Model):
 
 
 class ConfigMapRef(_Model):
-    name: str = Field(min_length=1, max_length=253, description="ConfigMap in the job's namespace.")
-    key: str = Field(min_length=1, max_length=253, description="Key holding the data file.")
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                      description="ConfigMap in the job's namespace.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+                     description="Key holding the data file (a ConfigMap key: no slashes).")
 
 
 DatasetFormat = Literal["auto", "alpaca", "chat", "promptCompletion", "text"]

@@ -185,7 +185,8 @@ def _env(name: str, spec: api.LoraTrainingJobSpec) -> list[dict[str, Any]]:
         {"name": "LORA_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
         {"name": "LORA_CONFIGMAP_DIR", "value": DATASET_CM_MOUNT},
         {"name": "HOME", "value": "/tmp"},
-        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+        # On the output volume: hub downloads survive retries and are shared by runs using the PVC.
+        {"name": "HF_HOME", "value": f"{OUTPUT_MOUNT}/.cache/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     secret = spec.evaluation.grader.api_key_secret

@@ -47,6 +47,8 @@ BAD_SPECS = [
     ("judge without endpoint", _with("spec.evaluation", {"grader": {"type": "llmJudge"}}),
      "llmJudge needs endpoint and model"),
     ("relative dataset path", _with("spec.datasets", [{"path": "data.jsonl"}]), "spec.datasets[0].path"),
+    ("configMap key with a slash", _with("spec.datasets", [{"configMap": {"name": "d", "key": "../x"}}]),
+     "spec.datasets[0].configMap.key"),
     ("name too long", _with("spec.suspend", False, name="x" * 60), "metadata.name must be at most 56"),
 ]
 
