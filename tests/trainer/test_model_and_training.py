@@ -13,13 +13,16 @@ import pytest
 import torch
 
 from lora_operator.api import LoraSettings, ModelSpec
+from lora_trainer.context import PreparedData, RunContext
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.formats import IGNORE_INDEX, Example, encode, features, render_prompt
 from lora_trainer.modeling import apply_lora, linear_module_names, load_model, load_tokenizer, resolve_source
 from lora_trainer.profiles import resolve
+from lora_trainer.steps import training_config
 from lora_trainer.steps.saving import verify_saved
-from lora_trainer.steps.training import MARKER, ProgressCallback, resume_point
+from lora_trainer.steps.training import MARKER, ProgressCallback, resume_point, write_marker
 from lora_trainer.steps.training_config import collator, optimizer_steps
+from tests.trainer.conftest import tiny_spec
 
 
 def test_model_sources_resolve_to_a_folder(tmp_path: Path, tiny_model: Path) -> None:
@@ -119,16 +122,39 @@ def test_profiles_fill_only_unset_fields() -> None:
     assert (gpu.profile, gpu.batch_size, gpu.gradient_accumulation_steps, gpu.epochs, gpu.fp16) == \
         ("gpu", 2, 8, 3, True)
     assert "batchSize" not in gpu.from_profile
-    bf16 = resolve(LoraSettings(bf16=True), cuda=True)
+    ampere = resolve(LoraSettings(), cuda=True, bf16_supported=True)
+    assert ampere.bf16 and not ampere.fp16 and ampere.dtype == torch.bfloat16 and "precision" in ampere.from_profile
+    fp16 = resolve(LoraSettings(fp16=True), cuda=True, bf16_supported=True)
+    assert fp16.fp16 and not fp16.bf16  # a set value wins over the profile's bf16
+    bf16 = resolve(LoraSettings(bf16=True), cuda=True, bf16_supported=True)
     assert bf16.bf16 and not bf16.fp16 and "precision" not in bf16.from_profile
+    with pytest.raises(InvalidInput, match=r"lora\.bf16 is set but this GPU has no bfloat16 support"):
+        resolve(LoraSettings(bf16=True), cuda=True, bf16_supported=False)
     no_gpu = resolve(LoraSettings(fp16=True), cuda=False)
     assert not no_gpu.fp16 and no_gpu.notes == ("fp16/bf16 need a GPU: training in fp32 on CPU",)
 
 
 def test_optimizer_steps_match_the_trainer() -> None:
-    r = resolve(LoraSettings(batchSize=4, gradientAccumulationSteps=2, epochs=1.5), cuda=False)
-    assert optimizer_steps(100, r, None) == math.ceil(1.5 * math.ceil(25 / 2))
-    assert optimizer_steps(100, r, 7) == 7
+    assert optimizer_steps(100, 4, 2, 1.5, None) == math.ceil(1.5 * math.ceil(25 / 2))
+    assert optimizer_steps(100, 4, 2, 1.5, 7) == 7
+
+
+def test_several_visible_gpus_multiply_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = training_config.training_arguments
+
+    def two_gpus(*args: Any) -> Any:
+        arguments = original(*args)
+        _ = arguments.n_gpu  # sets the devices up, then pretend two were found
+        arguments._n_gpu = 2
+        return arguments
+
+    monkeypatch.setattr(training_config, "training_arguments", two_gpus)
+    items = [Example("s", f"s:{i}", [], "answer", prompt_ids=[1, 2], completion_ids=[3, 4]) for i in range(16)]
+    ctx = RunContext(spec=tiny_spec(tmp_path, lora={"maxSteps": None, "epochs": 1}), output_dir=tmp_path,
+                     emit=print, data=PreparedData(items, [], {}))
+    message = training_config.run(ctx)
+    assert "batch 4 x 2 GPUs x accumulation 1 = 8 items/step, 2 optimizer steps (1 epochs of 16 items)" in message
+    assert ctx.need("plan").args.train_batch_size == 8  # what the Trainer's dataloader will use
 
 
 def _state(losses: list[float], step: int) -> SimpleNamespace:
@@ -161,8 +187,12 @@ def test_resume_point_is_the_newest_complete_checkpoint(tmp_path: Path) -> None:
     _checkpoint(tmp_path, 2, "fp")
     newest = _checkpoint(tmp_path, 10, "fp")
     torn = _checkpoint(tmp_path, 12, None)  # killed while saving
+    garbled = _checkpoint(tmp_path, 14, None)
+    (garbled / MARKER).write_text('{"fingerprint": "f')  # written by a version without atomic markers
     assert resume_point(tmp_path, "fp") == newest
-    assert not torn.exists()
+    assert not torn.exists() and not garbled.exists()
+    write_marker(newest, "fp", 10)
+    assert [p.name for p in newest.iterdir()] == [MARKER]  # no temporary file left behind
     with pytest.raises(InvalidInput, match="checkpoints of a different spec"):
         resume_point(tmp_path, "another")
 

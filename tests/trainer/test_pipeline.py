@@ -6,13 +6,14 @@ import hashlib
 import io
 import json
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from lora_operator.api import PIPELINE_STEPS
+from lora_operator.api import PIPELINE_STEPS, LoraTrainingJobSpec, ModelSpec
 from lora_operator.progress import (
     EvalEvent,
     FailureEvent,
@@ -25,9 +26,12 @@ from lora_operator.progress import (
     parse_event,
 )
 from lora_trainer.cli import main
+from lora_trainer.context import RunContext
 from lora_trainer.events import ConsoleSink, JsonlSink
-from lora_trainer.pipeline import EXECUTION_ORDER, run_pipeline
-from lora_trainer.xp import award_xp
+from lora_trainer.modeling import load_model
+from lora_trainer.pipeline import EXECUTION_ORDER, STEP_RUNNERS, run_pipeline
+from lora_trainer.steps import model as model_step
+from lora_trainer.steps import validation
 from tests.trainer.conftest import tiny_spec, tiny_spec_dict
 
 
@@ -88,8 +92,13 @@ def test_training_metrics_and_report_events(finished: Run) -> None:
     assert before.scores.items == after.scores.items == 4  # 3 held-out items + 1 query
     assert before.scores.eval_loss is not None and after.scores.eval_loss is not None
     report = next(e for e in events if isinstance(e, ReportEvent))
-    assert report.xp == award_xp(report.train_items, report.improvements.quality_points)
-    assert report.improvements.eval_loss_delta == pytest.approx(after.scores.eval_loss - before.scores.eval_loss)
+    # by hand from docs/grading.md: 54 items -> 25 + 225 x 44 / 90 = 135 base XP, x clamp(1 + points / 50)
+    points = after.scores.weighted_overall - before.scores.weighted_overall
+    assert report.xp == round(135 * min(1.5, max(0.5, 1 + points / 50)))
+    saved = {w: json.loads((finished.output / "evaluation" / f"{w}.json").read_text())["scores"]
+             for w in ("before", "after")}
+    delta = saved["after"]["evalLoss"] - saved["before"]["evalLoss"]
+    assert report.improvements.eval_loss_delta == pytest.approx(delta)
     status = finished.status
     assert status["xp"] == report.xp and status["trainItems"] == report.train_items == 54
     assert status["trainingStep"] == status["trainingTotalSteps"] == 4 and len(status["lossHistory"]) == 4
@@ -112,6 +121,7 @@ def test_artifacts_manifest_and_report(finished: Run) -> None:
                          "report": str(out / "report.json"), "manifest": str(out / "manifest.json")}
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "merged" / "model.safetensors").is_file()
+    assert json.loads((out / "merged" / "config.json").read_text())["use_cache"] is True
     assert (out / "merged" / "tokenizer.json").is_file() and (out / "adapter" / "chat_template.jinja").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["baseModel"] and len(manifest["fingerprint"]) == 16
@@ -161,6 +171,34 @@ def test_a_rerun_reuses_before_metrics_and_resumes_the_last_checkpoint(finished:
     assert again.status["exitCode"] == 0
     assert "reused from a previous attempt" in again.recorder.message(0)
     assert "resumed from checkpoint-4" in again.recorder.message(4)
+    # the copied state's best checkpoint is looked up in the new folder, not in the one copied from
+    state = json.loads((output / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert Path(state["best_model_checkpoint"]).parent == output / "checkpoints"
+
+
+def test_the_trained_model_is_freed_before_the_artifact_is_reloaded(tiny_model: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[weakref.ref[Any]] = []
+    reloaded: list[tuple[ModelSpec, Any]] = []
+
+    def wrap_model(ctx: RunContext) -> str:
+        done = model_step.run(ctx)
+        trained.append(weakref.ref(ctx.need("loaded").model))
+        return done
+
+    def spy_load(spec: ModelSpec, dtype: Any, on_cpu: bool = False) -> Any:
+        reloaded.append((spec, trained[0]()))
+        return load_model(spec, dtype, on_cpu)
+
+    monkeypatch.setitem(STEP_RUNNERS, 2, wrap_model)
+    monkeypatch.setattr(validation, "load_model", spy_load)
+    spec = tiny_spec_dict(tiny_model)
+    spec["model"]["trustRemoteCode"] = True
+    done = run(LoraTrainingJobSpec.model_validate(spec), tmp_path)
+    assert done.status["exitCode"] == 0
+    [(merged, alive)] = reloaded
+    assert alive is None  # step 6 holds one model, not two
+    assert merged.path == str(tmp_path / "merged") and merged.trust_remote_code  # the spec's choice is kept
 
 
 def test_an_empty_dataset_fails_step_1(tiny_model: Path, tmp_path: Path) -> None:

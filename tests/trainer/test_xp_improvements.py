@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from lora_operator.api import GradeScores
-from lora_trainer.steps.improvements import improvements, percent_change
+from lora_operator.progress import ReportEvent
+from lora_trainer.context import PreparedData, RunContext
+from lora_trainer.formats import Example
+from lora_trainer.steps.improvements import improvements, percent_change, run
 from lora_trainer.xp import XP_CAP, XP_TABLE, award_xp, base_xp, quality_multiplier
+from tests.trainer.conftest import tiny_spec
 
 
 @pytest.mark.parametrize(("items", "xp"), XP_TABLE)
@@ -31,7 +38,7 @@ def test_no_items_no_xp() -> None:
 
 
 @pytest.mark.parametrize(("points", "multiplier"), [
-    (None, 1.0), (0.0, 1.0), (10.0, 1.2), (-10.0, 0.8), (25.0, 1.5), (80.0, 1.5), (-25.0, 0.5), (-100.0, 0.5),
+    (None, 0.5), (0.0, 1.0), (10.0, 1.2), (-10.0, 0.8), (25.0, 1.5), (80.0, 1.5), (-25.0, 0.5), (-100.0, 0.5),
 ])
 def test_quality_multiplier_is_bounded(points: float | None, multiplier: float) -> None:
     assert quality_multiplier(points) == pytest.approx(multiplier)
@@ -51,22 +58,42 @@ def test_percent_change_is_undefined_for_a_zero_or_missing_baseline() -> None:
 
 
 def test_improvements_with_zero_baselines() -> None:
-    before = GradeScores(weighted_overall=0.0, seconds_per_answer=0.0, eval_loss=0.0, perplexity=0.0)
-    after = GradeScores(weighted_overall=30.0, seconds_per_answer=1.0, eval_loss=1.0, perplexity=2.0)
+    before = GradeScores(weighted_overall=0.0, tokens_per_second=0.0, eval_loss=0.0, perplexity=0.0)
+    after = GradeScores(weighted_overall=30.0, tokens_per_second=10.0, eval_loss=1.0, perplexity=2.0)
     result = improvements(before, after)
     assert result.quality_percent is None and result.speed_percent is None and result.perplexity_percent is None
     assert result.quality_points == 30.0 and result.eval_loss_delta == 1.0
 
 
 def test_improvements_signs() -> None:
-    before = GradeScores(weighted_overall=40.0, seconds_per_answer=2.0, eval_loss=3.0, perplexity=20.0)
-    after = GradeScores(weighted_overall=50.0, seconds_per_answer=1.5, eval_loss=2.0, perplexity=8.0)
+    before = GradeScores(weighted_overall=40.0, tokens_per_second=10.0, eval_loss=3.0, perplexity=20.0)
+    after = GradeScores(weighted_overall=50.0, tokens_per_second=12.5, eval_loss=2.0, perplexity=8.0)
     result = improvements(before, after)
     assert result.quality_percent == 25.0 and result.quality_points == 10.0
-    assert result.speed_percent == 25.0  # faster is positive
+    assert result.speed_percent == 20.0  # 0.1 -> 0.08 s per token: faster is positive
     assert result.eval_loss_delta == -1.0 and result.perplexity_percent == -60.0  # lower is better
+
+
+def test_speed_is_per_generated_token_so_shorter_answers_are_not_faster() -> None:
+    before = GradeScores(seconds_per_answer=2.0, tokens_per_second=10.0)
+    after = GradeScores(seconds_per_answer=0.5, tokens_per_second=10.0)  # a quarter of the tokens, same pace
+    assert improvements(before, after).speed_percent == 0.0
 
 
 def test_improvements_without_measurements() -> None:
     result = improvements(None, GradeScores())
     assert result.model_dump(exclude_none=True) == {}
+
+
+def test_xp_counts_distinct_items_and_halves_when_nothing_was_graded(tmp_path: Path) -> None:
+    def item(i: int) -> Example:
+        return Example("s", f"s:{i}", [{"role": "user", "content": f"Question {i}?"}], f"Answer {i}.")
+
+    rows = [item(i) for i in range(20)] + [item(i) for i in range(10)]  # dedupe off: ten rows twice
+    rows[20].completion = "  ANSWER 0. "  # equal once normalized
+    events: list[Any] = []
+    ctx = RunContext(spec=tiny_spec(tmp_path), output_dir=tmp_path, emit=events.append, data=PreparedData(rows, [], {}))
+    message = run(ctx)
+    report = events[-1]
+    assert isinstance(report, ReportEvent) and (report.train_items, report.xp) == (20, 25)  # 50 base XP x 0.5
+    assert message == "25 XP for 20 distinct training items (quality multiplier 0.50, nothing graded)"

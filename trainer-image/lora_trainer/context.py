@@ -48,7 +48,6 @@ class TrainingPlan:
     train_rows: list[dict[str, list[int]]]
     eval_rows: list[dict[str, list[int]]]
     collator: Any
-    total_steps: int
 
 
 @dataclass
@@ -58,7 +57,8 @@ class RunContext:
     emit: Callable[[TrainerEvent], None]
     tokenizer: Any = None
     data: PreparedData | None = None
-    loaded: LoadedModel | None = None
+    loaded: LoadedModel | None = None  # the base model of step 0, until saving frees it
+    quantized: bool = False  # whether that base model was loaded k-bit
     model: Any = None  # the PeftModel being trained, until saving frees it
     grader: Grader | None = None
     items: list[EvalItem] = field(default_factory=list)

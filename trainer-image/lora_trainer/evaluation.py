@@ -7,11 +7,9 @@ before and after are measured on exactly the same items.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
@@ -23,6 +21,7 @@ from lora_trainer.generation import generate
 from lora_trainer.grader import Grader, aggregate
 
 LOSS_BATCH_SIZE = 4
+WARMUP_NEW_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,6 @@ def eval_items(validation: Sequence[Example], evaluation: EvaluationSpec, tokeni
         prompt = render_prompt(tokenizer, [{"role": "user", "content": q.query}])
         items.append(EvalItem(f"query {i}", q.query, prompt, q.reference, tuple(q.expected_keywords)))
     return items
-
-
-def items_digest(items: Sequence[EvalItem]) -> str:
-    """Identity of an evaluation set: cached before-metrics are reused only for the same items."""
-    return hashlib.sha256(json.dumps([asdict(i) for i in items], sort_keys=True).encode()).hexdigest()
 
 
 def heldout_loss(
@@ -90,7 +84,13 @@ def grade_model(
     model: Any, tokenizer: Any, items: Sequence[EvalItem], generation: GenerationSettings, grader: Grader,
     context: int, seed: int,
 ) -> GradedRun:
-    """Generate an answer per item (timed) and grade it (not timed)."""
+    """Generate an answer per item (timed) and grade it (not timed).
+
+    One discarded warm-up answer first: the first ``generate`` pays one-time costs (kernel selection,
+    allocator growth) that would otherwise be billed to whichever model is graded first."""
+    if items:
+        generate(model, tokenizer, items[0].prompt_text,
+                 generation.model_copy(update={"max_new_tokens": WARMUP_NEW_TOKENS}), context)
     torch.manual_seed(seed)
     answers = [generate(model, tokenizer, item.prompt_text, generation, context) for item in items]
     grades = [grader.grade(i.query, a.text, i.reference, i.keywords) for i, a in zip(items, answers, strict=True)]

@@ -80,19 +80,19 @@ class JsonlSink:
 
 _MARKS = {"Completed": "✓", "Active": "▶", "Failed": "✗", "Pending": "·", "Skipped": "-"}
 _BAR_WIDTH = 24
-# (label, GradeScores field, higher is better) rows of the final report table.
-_REPORT_ROWS: tuple[tuple[str, str, bool], ...] = (
-    ("task accuracy", "taskAccuracy", True),
-    ("completeness", "completeness", True),
-    ("correctness", "correctness", True),
-    ("coherence", "coherence", True),
-    ("overall", "overall", True),
-    ("weighted overall", "weightedOverall", True),
-    ("held-out loss", "evalLoss", False),
-    ("perplexity", "perplexity", False),
-    ("seconds / answer", "secondsPerAnswer", False),
-    ("tokens / second", "tokensPerSecond", True),
-    ("graded items", "items", True),
+# (label, GradeScores field) rows of the final report table.
+_REPORT_ROWS: tuple[tuple[str, str], ...] = (
+    ("task accuracy", "taskAccuracy"),
+    ("completeness", "completeness"),
+    ("correctness", "correctness"),
+    ("coherence", "coherence"),
+    ("overall", "overall"),
+    ("weighted overall", "weightedOverall"),
+    ("held-out loss", "evalLoss"),
+    ("perplexity", "perplexity"),
+    ("seconds / answer", "secondsPerAnswer"),
+    ("tokens / second", "tokensPerSecond"),
+    ("graded items", "items"),
 )
 
 
@@ -142,7 +142,7 @@ def report_table(status: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if before or after:
         lines.append(f"  {'':<18}{'before':>10}{'after':>10}{'change':>10}")
-        for label, key, _ in _REPORT_ROWS:
+        for label, key in _REPORT_ROWS:
             b, a = before.get(key), after.get(key)
             if b is None and a is None:
                 continue

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic.alias_generators import to_camel
 
@@ -90,12 +90,17 @@ def derive_keywords(reference: str, count: int = DERIVED_KEYWORDS) -> list[str]:
     return ranked[:count]
 
 
+def missing_keywords(answer_stems: Sequence[str], keywords: Sequence[str]) -> list[str]:
+    """The keywords (single words or phrases, stemmed) not found in the answer; wordless ones are skipped."""
+    return [k for k in keywords if words(k) and not contains_phrase(answer_stems, words(k))]
+
+
 def keyword_recall(answer_stems: Sequence[str], keywords: Sequence[str]) -> float | None:
     """Share of keywords (single words or phrases, stemmed) found in the answer, 0-100."""
-    phrases = [words(k) for k in keywords if words(k)]
-    if not phrases:
+    gradable = [k for k in keywords if words(k)]
+    if not gradable:
         return None
-    return 100.0 * sum(contains_phrase(answer_stems, p) for p in phrases) / len(phrases)
+    return 100.0 * (len(gradable) - len(missing_keywords(answer_stems, gradable))) / len(gradable)
 
 
 def token_f1(candidate: Sequence[str], reference: Sequence[str]) -> float:
@@ -171,6 +176,19 @@ Answer:
 {answer}"""
 
 
+def first_json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in ``text`` (a reply may wrap it in prose or add a second one)."""
+    decoder = json.JSONDecoder()
+    for start in (i for i, c in enumerate(text) if c == "{"):
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
 class LlmJudgeGrader:
     """THE_ANSWER scores from an OpenAI-compatible chat completions endpoint (temperature 0)."""
 
@@ -212,11 +230,10 @@ class LlmJudgeGrader:
             reference_block=f"\nReference answer:\n{reference}\n" if reference else "",
         )
         content = self._ask(prompt)
-        match = re.search(r"\{.*\}", content, re.DOTALL)
+        scores = first_json_object(content)
         try:
-            scores = json.loads(match.group(0) if match else content)
             values = [float(scores[k]) for k in ("taskAccuracy", "completeness", "correctness", "coherence")]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise StepError(f"LLM judge reply is not the JSON scores asked for: {content[:300]!r}") from err
         task, complete, correct, coherent = (min(100.0, max(0.0, v)) for v in values)
         return ItemGrade(task, complete, correct, coherent, level)

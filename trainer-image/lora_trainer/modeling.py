@@ -7,6 +7,7 @@ transformers dequantizes on load.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,11 +89,18 @@ def load_tokenizer(spec: ModelSpec) -> tuple[Any, list[str]]:
     return tokenizer, notes
 
 
-def load_model(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
+def release_memory() -> None:
+    """Free the memory of models no longer referenced (reference cycles included) before loading another."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_model(spec: ModelSpec, dtype: torch.dtype, on_cpu: bool = False) -> LoadedModel:
     """Load the base model in ``dtype`` (the training precision, see ``profiles``); k-bit through
-    bitsandbytes only with CUDA, else in ``dtype`` with a note."""
+    bitsandbytes only with CUDA, else in ``dtype`` with a note. ``on_cpu`` keeps it off the GPU."""
     source = resolve_source(spec)
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not on_cpu
     notes: list[str] = []
     kwargs = source.kwargs()
     quantized = spec.quantization != "none" and cuda and not source.gguf_file

@@ -1,7 +1,9 @@
 """Hardware profiles: the values unset LoRA fields take on a GPU or on a CPU.
 
-Set values always win (``LoraSettings``' docstring). The resolved precision is also the dtype
-the base model is loaded in, so a model trained in fp16 is loaded, merged and reloaded in fp16.
+Set values always win (``LoraSettings``' docstring). The GPU profile trains in bf16 where the GPU
+supports it (its range does not overflow like fp16's), else fp16. The resolved precision is also
+the dtype the base model is loaded in, so a model trained in fp16 is loaded, merged and reloaded
+in fp16.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from lora_operator.api import LoraSettings
+from lora_trainer.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -19,11 +22,11 @@ class Profile:
     batch_size: int
     gradient_accumulation_steps: int
     epochs: float
-    fp16: bool
+    half_precision: bool  # bf16 where supported, else fp16
 
 
-GPU_PROFILE = Profile("gpu", batch_size=4, gradient_accumulation_steps=8, epochs=3, fp16=True)
-CPU_PROFILE = Profile("cpu", batch_size=1, gradient_accumulation_steps=8, epochs=1, fp16=False)
+GPU_PROFILE = Profile("gpu", batch_size=4, gradient_accumulation_steps=8, epochs=3, half_precision=True)
+CPU_PROFILE = Profile("cpu", batch_size=1, gradient_accumulation_steps=8, epochs=1, half_precision=False)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Resolved:
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else torch.float32
 
 
-def resolve(lora: LoraSettings, cuda: bool) -> Resolved:
+def resolve(lora: LoraSettings, cuda: bool, bf16_supported: bool = False) -> Resolved:
     profile = GPU_PROFILE if cuda else CPU_PROFILE
     from_profile = tuple(name for name, value in (
         ("batchSize", lora.batch_size), ("gradientAccumulationSteps", lora.gradient_accumulation_steps),
@@ -52,8 +55,12 @@ def resolve(lora: LoraSettings, cuda: bool) -> Resolved:
     ) if value is None)
     notes: tuple[str, ...] = ()
     if cuda:
-        bf16 = bool(lora.bf16)
-        fp16 = not bf16 and (profile.fp16 if lora.fp16 is None else lora.fp16)
+        if lora.bf16 and not bf16_supported:
+            raise InvalidInput("lora.bf16 is set but this GPU has no bfloat16 support (compute capability 8.0 or "
+                               "newer, e.g. A100, L4, H100); unset lora.bf16 or set lora.fp16 instead")
+        unset = lora.bf16 is None and lora.fp16 is None
+        bf16 = bool(lora.bf16) or (unset and profile.half_precision and bf16_supported)
+        fp16 = not bf16 and (profile.half_precision if lora.fp16 is None else lora.fp16)
     else:
         fp16 = bf16 = False
         if lora.fp16 or lora.bf16:
@@ -68,4 +75,5 @@ def resolve(lora: LoraSettings, cuda: bool) -> Resolved:
 
 
 def for_this_machine(lora: LoraSettings) -> Resolved:
-    return resolve(lora, torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    return resolve(lora, cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False))

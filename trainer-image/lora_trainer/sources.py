@@ -9,10 +9,11 @@ its file and line and skipped; a source that cannot be reached at all fails the 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,13 +31,17 @@ from lora_trainer.errors import InvalidInput, StepError
 # Where the operator mounts ConfigMap datasets: <dir>/<configmap name>/<key>.
 CONFIGMAP_DIR_ENV = "LORA_CONFIGMAP_DIR"
 DEFAULT_CONFIGMAP_DIR = "/etc/lora/datasets"
-DOWNLOAD_TIMEOUT_SECONDS = 120
+DOWNLOAD_TIMEOUT_SECONDS = 120  # per connect or read
+DOWNLOAD_DEADLINE_SECONDS = 1800  # for the whole download
+MAX_DOWNLOAD_BYTES_ENV = "LORA_MAX_DOWNLOAD_BYTES"
+DEFAULT_MAX_DOWNLOAD_BYTES = 2 << 30  # 2 GiB
+_CHUNK = 1 << 20
 BUILTIN_DIR = Path(__file__).parent / "data"  # builtin dataset a-b is data/a_b.jsonl
 
 _EXTENSIONS: dict[str, FileType] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
 }
-# CSV cells holding structured values (chat messages) are JSON text.
+# CSV cells that may hold chat messages as JSON text.
 _JSON_CELLS = ("messages", "prompt", "completion")
 
 
@@ -52,6 +57,7 @@ class SourceRows:
     label: str
     rows: list[RawRow] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # "train.jsonl:17: invalid JSON: ..."
+    replaced: int = 0  # undecodable bytes read as U+FFFD (not valid UTF-8)
 
 
 def configmap_dir() -> Path:
@@ -78,6 +84,17 @@ def builtin_path(name: str) -> Path:
     return BUILTIN_DIR / f"{name.replace('-', '_')}.jsonl"
 
 
+def read_text(path: Path, out: SourceRows) -> str:
+    """UTF-8 text (a BOM is dropped); undecodable bytes become U+FFFD and are counted in ``out``."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8-sig", errors="replace")
+        out.replaced += text.count("\ufffd") - data.decode("utf-8-sig", errors="ignore").count("\ufffd")
+        return text
+
+
 def file_type_of(path: Path, declared: FileType) -> FileType:
     """The declared type, else the extension's, else a sniff of the first character."""
     if declared != "auto":
@@ -85,7 +102,7 @@ def file_type_of(path: Path, declared: FileType) -> FileType:
     by_extension = _EXTENSIONS.get(path.suffix.lower())
     if by_extension:
         return by_extension
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         head = f.read(4096).lstrip()
     if head.startswith("["):
         return "json"
@@ -102,23 +119,22 @@ def _object_or_error(value: Any, where: str, out: SourceRows) -> dict[str, Any] 
 
 
 def _read_jsonl(path: Path, name: str, out: SourceRows) -> None:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{name}:{lineno}"
-            try:
-                value = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as err:
-                out.errors.append(f"{where}: invalid JSON: {err.msg} (column {err.colno})")
-                continue
-            if (row := _object_or_error(value, where, out)) is not None:
-                out.rows.append(RawRow(out.label, where, row))
+    for lineno, line in enumerate(read_text(path, out).split("\n"), 1):  # not splitlines: U+2028 is no break
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            out.errors.append(f"{where}: invalid JSON: {err.msg} (column {err.colno})")
+            continue
+        if (row := _object_or_error(value, where, out)) is not None:
+            out.rows.append(RawRow(out.label, where, row))
 
 
 def _read_json(path: Path, name: str, out: SourceRows) -> None:
     try:
-        value = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+        value = json.loads(read_text(path, out))
     except json.JSONDecodeError as err:
         out.errors.append(f"{name}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno}); file skipped")
         return
@@ -131,23 +147,31 @@ def _read_json(path: Path, name: str, out: SourceRows) -> None:
             out.rows.append(RawRow(out.label, where, row))
 
 
+def _messages_cell(cell: str) -> Any:
+    """A cell holding a JSON list of {role, content} messages as that list; any other text as it is."""
+    if not cell.lstrip().startswith("["):
+        return cell
+    try:
+        value = json.loads(cell)
+    except json.JSONDecodeError:
+        return cell
+    is_messages = isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
+    return value if is_messages else cell
+
+
 def _read_csv(path: Path, name: str, out: SourceRows) -> None:
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        reader = csv.DictReader(f)
-        for record in reader:
-            where = f"{name}:{reader.line_num}"
-            if None in record:
-                out.errors.append(f"{where}: more cells than header columns")
-                continue
-            row: dict[str, Any] = {k: v for k, v in record.items() if k and v not in (None, "")}
-            try:
-                for key in _JSON_CELLS:
-                    if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
-                        row[key] = json.loads(row[key])
-            except json.JSONDecodeError as err:
-                out.errors.append(f"{where}: column {key!r} is not valid JSON: {err.msg}")
-                continue
-            out.rows.append(RawRow(out.label, where, row))
+    reader = csv.DictReader(io.StringIO(read_text(path, out), newline=""))
+    for record in reader:
+        where = f"{name}:{reader.line_num}"
+        if None in record:
+            out.errors.append(f"{where}: more cells than header columns")
+            continue
+        row: dict[str, Any] = {k: v for k, v in record.items() if k and v not in (None, "")}
+        for key in _JSON_CELLS:
+            if isinstance(row.get(key), str):
+                row[key] = _messages_cell(row[key])
+        out.rows.append(RawRow(out.label, where, row))
 
 
 def _read_parquet(path: Path, name: str, out: SourceRows) -> None:
@@ -190,14 +214,42 @@ def _read_path(path: Path, declared: FileType, out: SourceRows) -> None:
         raise InvalidInput(f"dataset {out.label!r}: {path} does not exist")
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib also follows ftp://)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        if urllib.parse.urlparse(newurl).scheme not in ("http", "https"):
+            raise urllib.error.URLError(f"refused redirect to {newurl} (only http and https are followed)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def max_download_bytes() -> int:
+    return int(os.environ.get(MAX_DOWNLOAD_BYTES_ENV, DEFAULT_MAX_DOWNLOAD_BYTES))
+
+
+def _fetch(url: str, target: Path, label: str) -> None:
+    """GET ``url`` into ``target`` within ``DOWNLOAD_DEADLINE_SECONDS`` and ``max_download_bytes()``."""
+    limit, deadline = max_download_bytes(), time.monotonic() + DOWNLOAD_DEADLINE_SECONDS
+    opener = urllib.request.build_opener(_HttpRedirectsOnly)
+    with opener.open(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response, open(target, "wb") as f:
+        size = 0
+        while chunk := response.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise InvalidInput(f"dataset {label!r}: {url} is larger than {limit} bytes "
+                                   f"(${MAX_DOWNLOAD_BYTES_ENV})")
+            if time.monotonic() > deadline:
+                raise StepError(f"dataset {label!r}: downloading {url} took over {DOWNLOAD_DEADLINE_SECONDS} s")
+            f.write(chunk)
+
+
 def _download(url: str, declared: FileType, out: SourceRows) -> None:
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     with tempfile.TemporaryDirectory(prefix="lora-dataset-") as tmp:
         target = Path(tmp) / name
         try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response, \
-                    open(target, "wb") as f:
-                shutil.copyfileobj(response, f)
+            _fetch(url, target, out.label)
         except urllib.error.HTTPError as err:
             raise StepError(f"dataset {out.label!r}: GET {url} answered HTTP {err.code} {err.reason}") from err
         except (urllib.error.URLError, TimeoutError, OSError) as err:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")  # letters and digits of any script: \w without "_"
 _SUFFIXES = ("ingly", "edly", "ing", "ies", "ed", "es", "ly", "s")
 
 # Function words carry no content: they are ignored when extracting keywords.
@@ -29,7 +29,7 @@ STOPWORDS = frozenset({
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased alphanumeric words (apostrophe contractions kept together)."""
+    """Lower-cased words of letters and digits in any script (apostrophe contractions kept together)."""
     return _WORD.findall(text.lower())
 
 

@@ -2,7 +2,7 @@
 
 Past the table's last point the last segment's slope continues up to ``XP_CAP``, so more data
 still earns more but without bound; the quality multiplier rewards improvement and halves XP
-for a regression, and XP is never negative (docs/grading.md).
+for a regression or when nothing was graded, and XP is never negative (docs/grading.md).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ def base_xp(items: int) -> float:
 
 
 def quality_multiplier(quality_points: float | None) -> float:
-    """1 + points / 50 within [0.5, 1.5]; 1 when quality could not be measured."""
-    if quality_points is None:
-        return 1.0
+    """1 + points / 50 within [0.5, 1.5]; 0.5 when nothing was graded, so that turning evaluation
+    off never earns more than a graded run."""
     low, high = QUALITY_BOUNDS
+    if quality_points is None:
+        return low
     return min(high, max(low, 1 + quality_points * QUALITY_SLOPE))
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lora_operator.api import GradeScores
 from lora_operator.progress import MetricsEvent
 from lora_trainer.context import RunContext, digest
-from lora_trainer.evaluation import eval_items, grade_model, heldout_loss, items_digest
+from lora_trainer.evaluation import eval_items, grade_model, heldout_loss
 from lora_trainer.events import format_duration
 from lora_trainer.generation import context_limit
 from lora_trainer.grader import make_grader
@@ -49,10 +50,12 @@ def describe(scores: GradeScores, model: str) -> str:
     return f"{model}: {graded}; {loss}"
 
 
-def _cache_key(ctx: RunContext) -> str:
-    spec = ctx.spec
+def _cache_key(ctx: RunContext, model: Any) -> str:
+    """Same items, model and hardware: timings from another device or precision are not comparable."""
+    spec, parameter = ctx.spec, next(model.parameters())
     return digest({"model": spec.model.model_dump(mode="json"), "evaluation": spec.evaluation.model_dump(mode="json"),
-                   "items": items_digest(ctx.items), "maxLength": spec.lora.max_length,
+                   "items": [asdict(i) for i in ctx.items], "maxLength": spec.lora.max_length,
+                   "device": str(parameter.device), "dtype": str(ctx.dtype), "quantized": ctx.quantized,
                    "completionOnly": spec.lora.completion_only_loss,
                    "validation": [e.location for e in ctx.need("data").validation]})
 
@@ -69,14 +72,15 @@ def run(ctx: RunContext) -> str:
     spec, data = ctx.spec, ctx.need("data")
     started = time.monotonic()
     ctx.loaded = load_model(spec.model, ctx.dtype)
+    ctx.quantized = ctx.loaded.quantized
     loaded = f"loaded {resolve_source(spec.model).describe()} in {format_duration(time.monotonic() - started)}"
     ctx.grader = make_grader(spec.evaluation.grader)
     ctx.items = eval_items(data.validation, spec.evaluation, ctx.tokenizer)
-    key = _cache_key(ctx)
+    model = ctx.loaded.model
+    key = _cache_key(ctx, model)
     scores = _cached(ctx.output_dir / EVALUATION_DIR / "before.json", key)
     note = "reused from a previous attempt" if scores else ""
     if scores is None:
-        model = ctx.loaded.model
         loss = heldout_loss(model, data.validation, spec.lora.max_length, spec.lora.completion_only_loss)
         scores = measure(ctx, model, "before", loss, key)
     ctx.before = scores

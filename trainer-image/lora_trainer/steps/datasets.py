@@ -30,6 +30,7 @@ def prepare(spec: LoraTrainingJobSpec, tokenizer: Any) -> PreparedData:
         rows = read_source(ds, index)
         per_source[rows.label]["rows"] += len(rows.rows) + len(rows.errors)
         per_source[rows.label]["malformed"] += len(rows.errors)
+        per_source[rows.label]["undecodable"] += rows.replaced
         errors.extend(rows.errors)
         for row in rows.rows:
             try:
@@ -63,6 +64,7 @@ def prepare(spec: LoraTrainingJobSpec, tokenizer: Any) -> PreparedData:
     stats = {
         "rowsRead": sum(c["rows"] for c in per_source.values()),
         "malformed": len(errors),
+        "undecodable": sum(c["undecodable"] for c in per_source.values()),
         "errors": errors,
         "dropped": dropped,
         "train": len(train),
@@ -89,6 +91,8 @@ def summary(stats: dict[str, Any]) -> str:
         parts.append("dropped " + ", ".join(drops))
     if stats["tokens"]["truncated"]:
         parts.append(f"{stats['tokens']['truncated']} truncated to maxLength {stats['tokens']['maxLength']}")
+    if stats["undecodable"]:
+        parts.append(f"{stats['undecodable']} undecodable byte sequence(s) read as U+FFFD (files are not UTF-8)")
     if stats["malformed"]:
         shown = "; ".join(stats["errors"][:SHOWN_ERRORS])
         more = stats["malformed"] - SHOWN_ERRORS

@@ -9,6 +9,7 @@ from __future__ import annotations
 from lora_operator.api import GradeScores, Improvements
 from lora_operator.progress import ReportEvent
 from lora_trainer.context import RunContext
+from lora_trainer.refine import normalized
 from lora_trainer.xp import award_xp, quality_multiplier
 
 
@@ -23,11 +24,16 @@ def _difference(old: float | None, new: float | None) -> float | None:
     return None if old is None or new is None else round(new - old, 6)
 
 
+def _seconds_per_token(scores: GradeScores) -> float | None:
+    """Generation time per generated token: unlike time per answer, it does not reward shorter answers."""
+    return 1 / scores.tokens_per_second if scores.tokens_per_second else None
+
+
 def improvements(before: GradeScores | None, after: GradeScores | None) -> Improvements:
-    """Quality: weighted overall (higher is better). Speed: seconds per answer, positive = faster.
-    Loss delta and perplexity change: negative = better."""
+    """Quality: weighted overall (higher is better). Speed: seconds per generated token, positive =
+    faster. Loss delta and perplexity change: negative = better."""
     b, a = before or GradeScores(), after or GradeScores()
-    speed = percent_change(b.seconds_per_answer, a.seconds_per_answer)
+    speed = percent_change(_seconds_per_token(b), _seconds_per_token(a))
     return Improvements(
         quality_percent=percent_change(b.weighted_overall, a.weighted_overall),
         quality_points=_difference(b.weighted_overall, a.weighted_overall),
@@ -39,11 +45,13 @@ def improvements(before: GradeScores | None, after: GradeScores | None) -> Impro
 
 def run(ctx: RunContext) -> str:
     result = improvements(ctx.before, ctx.after)
-    train_items = len(ctx.need("data").train)
+    # Distinct items only: repeating the same rows (dedupe off) earns no XP.
+    train_items = len({normalized(e.text) for e in ctx.need("data").train})
     xp = award_xp(train_items, result.quality_points)
     ctx.emit(ReportEvent(improvements=result, xp=xp, train_items=train_items, artifacts=ctx.artifacts))
-    parts = [f"{xp} XP for {train_items} training items (quality multiplier "
-             f"{quality_multiplier(result.quality_points):.2f})"]
+    parts = [f"{xp} XP for {train_items} distinct training items (quality multiplier "
+             f"{quality_multiplier(result.quality_points):.2f}"
+             + (", nothing graded" if result.quality_points is None else "") + ")"]
     if result.quality_points is not None:
         parts.append(f"quality {result.quality_points:+.1f} points")
     if result.eval_loss_delta is not None:

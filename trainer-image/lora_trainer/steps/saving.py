@@ -61,9 +61,11 @@ def _probe(ctx: RunContext) -> torch.Tensor:
 
 
 def _merged(ctx: RunContext, adapter_dir: Path) -> Any:
-    """Merge in place; a k-bit base is reloaded in full precision first (merging into 4/8-bit is lossy)."""
-    if ctx.need("loaded").quantized:
-        base = load_model(ctx.spec.model.model_copy(update={"quantization": "none"}), ctx.dtype).model
+    """Merge in place; a k-bit base is reloaded in full precision on the CPU first (merging into 4/8-bit
+    is lossy, and a full-precision copy beside the k-bit model could overflow the GPU)."""
+    if ctx.quantized:
+        full = ctx.spec.model.model_copy(update={"quantization": "none"})
+        base = load_model(full, ctx.dtype, on_cpu=True).model
         return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     return ctx.model.merge_and_unload()
 
@@ -90,6 +92,7 @@ def run(ctx: RunContext) -> str:
     if ctx.spec.output.merge:
         merged_dir = out / MERGED_DIR
         merged = _merged(ctx, adapter_dir)
+        merged.config.use_cache = True  # training turns the KV cache off; generation wants it
         merged.save_pretrained(str(merged_dir))
         ctx.tokenizer.save_pretrained(str(merged_dir))
         tensors = verify_saved(merged_dir, merged.state_dict(), "merged model")
@@ -97,7 +100,9 @@ def run(ctx: RunContext) -> str:
         ctx.artifacts.merged = str(merged_dir)
         parts.append(f"merged model ({tensors} tensors, {_size(merged_dir)}) in {merged_dir}")
         del merged
-    ctx.model = None  # the reloaded artifact is what gets evaluated from here on
+    # The reloaded artifact is what gets evaluated from here on: drop every reference to the trained
+    # model (merge_and_unload returns the base model object step 0 loaded) so step 6 can free it.
+    ctx.model = ctx.loaded = None
     info = {"baseModel": resolve_source(ctx.spec.model).describe(), "fingerprint": ctx.fingerprint}
     listing = manifest(out, folders, info)
     (out / MANIFEST).write_text(json.dumps(listing, indent=2))

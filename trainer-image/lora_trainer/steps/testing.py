@@ -11,8 +11,9 @@ import json
 from lora_trainer.context import RunContext
 from lora_trainer.formats import render_prompt
 from lora_trainer.generation import Answer, context_limit, generate
+from lora_trainer.grader import keyword_recall, missing_keywords
 from lora_trainer.steps.before_metrics import EVALUATION_DIR
-from lora_trainer.text import contains_phrase, stems, words
+from lora_trainer.text import stems, words
 
 LONG_PROMPT_FACTOR = 4  # the long-prompt edge case is at least this many times the context
 LONG_PROMPT_SENTENCE = "Explain this in as much detail as you can."
@@ -30,10 +31,12 @@ def run(ctx: RunContext) -> str:
     for q in spec.evaluation.queries:
         answer = ask(q.query)
         answer_stems = stems(answer.text)
-        missing = [k for k in q.expected_keywords if not contains_phrase(answer_stems, words(k))]
-        hits += len(q.expected_keywords) - len(missing)
-        asked += len(q.expected_keywords)
-        queries.append({"query": q.query, "answer": answer.text, "missingKeywords": missing})
+        missing = missing_keywords(answer_stems, q.expected_keywords)  # the grader's task-accuracy matching
+        gradable = [k for k in q.expected_keywords if words(k)]
+        hits += len(gradable) - len(missing)
+        asked += len(gradable)
+        queries.append({"query": q.query, "answer": answer.text, "missingKeywords": missing,
+                        "keywordRecall": keyword_recall(answer_stems, q.expected_keywords)})
 
     empty = ask("")
     repeats = LONG_PROMPT_FACTOR * context // len(words(LONG_PROMPT_SENTENCE)) + 1  # a word is at least one token

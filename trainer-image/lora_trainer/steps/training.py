@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 
 from lora_operator.progress import EvalEvent, TrainerEvent, TrainEvent
@@ -35,15 +37,31 @@ def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _marker(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_marker(folder: Path, fingerprint: str, step: int) -> None:
+    """Atomically: a marker is either absent or complete, whenever the pod dies."""
+    temporary = folder / f".{MARKER}.tmp"
+    temporary.write_text(json.dumps({"fingerprint": fingerprint, "step": step}))
+    os.replace(temporary, folder / MARKER)
+
+
 def resume_point(folder: Path, fingerprint: str) -> Path | None:
-    """Newest complete checkpoint of this spec; removes incomplete ones, refuses a different spec's."""
+    """Newest complete checkpoint of this spec; removes incomplete ones (no readable marker),
+    refuses a different spec's."""
     newest = None
     for _, path in _checkpoints(folder):
-        marker = path / MARKER
-        if not marker.is_file():
+        marker = _marker(path)
+        if marker is None:
             shutil.rmtree(path)
             continue
-        theirs = json.loads(marker.read_text()).get("fingerprint")
+        theirs = marker.get("fingerprint")
         if theirs != fingerprint:
             raise InvalidInput(
                 f"{folder} holds checkpoints of a different spec (fingerprint {theirs}, this spec {fingerprint}); "
@@ -51,6 +69,17 @@ def resume_point(folder: Path, fingerprint: str) -> Path | None:
             )
         newest = path
     return newest
+
+
+def relocate_best(checkpoint: Path) -> None:
+    """Point the resumed state's best checkpoint (an absolute path) into this output folder: the
+    folder may have moved (another volume mount), and the Trainer would otherwise drop the best
+    checkpoint, or load it from the old place if that still exists."""
+    state_file = checkpoint / TRAINER_STATE_NAME
+    state = json.loads(state_file.read_text())
+    if state.get("best_model_checkpoint"):
+        state["best_model_checkpoint"] = str(checkpoint.parent / Path(state["best_model_checkpoint"]).name)
+        state_file.write_text(json.dumps(state, indent=2))
 
 
 class ProgressCallback(TrainerCallback):
@@ -96,13 +125,14 @@ class ProgressCallback(TrainerCallback):
             )
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        (folder / MARKER).write_text(json.dumps({"fingerprint": self.fingerprint, "step": state.global_step}))
+        write_marker(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.fingerprint, state.global_step)
 
 
 def run(ctx: RunContext) -> str:
     plan = ctx.need("plan")
     resume = resume_point(Path(plan.args.output_dir), ctx.fingerprint)
+    if resume:
+        relocate_best(resume)
     trainer = Trainer(
         model=ctx.need("model"), args=plan.args, train_dataset=plan.train_rows,
         eval_dataset=plan.eval_rows or None, data_collator=plan.collator, processing_class=ctx.tokenizer,

@@ -17,18 +17,18 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Tra
 from lora_operator.api import LoraSettings
 from lora_trainer.context import RunContext, TrainingPlan
 from lora_trainer.formats import IGNORE_INDEX, Example, features
-from lora_trainer.profiles import Resolved, resolve
+from lora_trainer.profiles import Resolved, for_this_machine
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-def optimizer_steps(items: int, r: Resolved, max_steps: int | None) -> int:
+def optimizer_steps(items: int, batch: int, accumulation: int, epochs: float, max_steps: int | None) -> int:
     """What the Trainer will run: ceil(epochs x ceil(batches / accumulation)), or maxSteps."""
     if max_steps:
         return max_steps
-    batches = math.ceil(items / r.batch_size)
-    per_epoch = max(1, math.ceil(batches / r.gradient_accumulation_steps))
-    return math.ceil(r.epochs * per_epoch)
+    batches = math.ceil(items / batch)
+    per_epoch = max(1, math.ceil(batches / accumulation))
+    return math.ceil(epochs * per_epoch)
 
 
 def rows(examples: list[Example], lora: LoraSettings) -> list[dict[str, list[int]]]:
@@ -89,16 +89,20 @@ def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: 
 def run(ctx: RunContext) -> str:
     lora, data = ctx.spec.lora, ctx.need("data")
     cuda = torch.cuda.is_available()
-    r = resolve(lora, cuda)
+    r = for_this_machine(lora)
     train_rows, eval_rows = rows(data.train, lora), rows(data.validation, lora)
     args = training_arguments(lora, r, ctx.output_dir / CHECKPOINT_DIR, bool(eval_rows), cuda)
-    total = optimizer_steps(len(train_rows), r, lora.max_steps)
-    ctx.plan = TrainingPlan(args, train_rows, eval_rows, collator(ctx.tokenizer, lora.packing), total)
+    # With several visible GPUs the Trainer feeds batchSize items to each (DataParallel): a bigger batch.
+    gpus = args.train_batch_size * args.world_size // r.batch_size
+    batch = r.batch_size * gpus
+    total = optimizer_steps(len(train_rows), batch, r.gradient_accumulation_steps, r.epochs, lora.max_steps)
+    ctx.plan = TrainingPlan(args, train_rows, eval_rows, collator(ctx.tokenizer, lora.packing))
     precision = "bf16" if r.bf16 else "fp16" if r.fp16 else "fp32"
     warmup = f"{lora.warmup_steps} steps" if lora.warmup_steps is not None else f"{lora.warmup_ratio:.0%}"
     parts = [
-        f"{r.profile} profile: batch {r.batch_size} x accumulation {r.gradient_accumulation_steps} = "
-        f"{r.batch_size * r.gradient_accumulation_steps} items/step, {total} optimizer steps "
+        f"{r.profile} profile: batch {r.batch_size}{f' x {gpus} GPUs' if gpus > 1 else ''} x accumulation "
+        f"{r.gradient_accumulation_steps} = {batch * r.gradient_accumulation_steps} items/step, "
+        f"{total} optimizer steps "
         + ("(maxSteps)" if lora.max_steps else f"({r.epochs:g} epochs of {len(train_rows)} items)"),
         f"lr {lora.learning_rate:g} {lora.lr_scheduler_type}, warmup {warmup}, {precision}",
         f"loss on {'answers only' if lora.completion_only_loss else 'all tokens'}, "
