@@ -86,7 +86,11 @@ def main() -> None:
     args = parser.parse_args()
     with ControlPlane() as cp, tempfile.TemporaryDirectory() as tmp:
         _kubectl(cp, "apply", "-f", str(ROOT / "crds"))
-        _kubectl(cp, "wait", "--for=condition=Established", "crd/loratrainingjobs.lora.airepublic.io")
+        for _ in range(30):  # a brand-new CRD may have no conditions yet, which `kubectl wait` rejects
+            jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+            if _kubectl(cp, "get", "crd/loratrainingjobs.lora.airepublic.io", "-o", jsonpath) == "True":
+                break
+            time.sleep(1)
         rows = []
         for label, interval in [("baseline: write every event", 0.0), ("shipped: throttle 3 s + boundaries", 3.0)]:
             name = "bench-" + ("base" if interval == 0 else "throttled")

@@ -30,7 +30,11 @@ kubectl get nodes
 
 echo "==> installing the CRD and starting the operator"
 kubectl apply -f crds/
-kubectl wait --for=condition=Established crd/loratrainingjobs.lora.airepublic.io
+# Right after creation the CRD may have no conditions yet, which `kubectl wait` treats as an error.
+for _ in $(seq 1 30); do
+  kubectl wait --for=condition=Established --timeout=10s crd/loratrainingjobs.lora.airepublic.io 2>/dev/null && break
+  sleep 1
+done
 LORA_SYNC_INTERVAL_SECONDS=5 python -m lora_operator >"$STATE/operator.log" 2>&1 &
 pids+=($!)
 

@@ -39,6 +39,12 @@ class Kubectl:
         text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
         return self("apply", "-n", namespace, "-f", "-", input=text)
 
+    def wait_crd_established(self) -> None:
+        # Not `kubectl wait`: right after creation the CRD may have no conditions yet, which it treats as an error.
+        wait_for("the CRD to be Established", lambda: self(
+            "get", "crd/loratrainingjobs.lora.airepublic.io",
+            "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}").strip() == "True", timeout=60)
+
     def get(self, kind: str, name: str, namespace: str) -> dict | None:
         proc = self.run("get", kind, name, "-n", namespace, "-o", "yaml", check=False)
         if proc.returncode != 0:
@@ -71,7 +77,7 @@ def kubectl(control_plane: ControlPlane) -> Kubectl:
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/loratrainingjobs.lora.airepublic.io")
+    kubectl.wait_crd_established()
 
 
 @pytest.fixture

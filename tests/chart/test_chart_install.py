@@ -95,7 +95,7 @@ def test_chart_rbac_runs_the_operator_and_nothing_more(
     scope = ["--set", f"watchNamespace={work}"] if mode == "namespaced" else []
     release = install(system, "--set", f"trainer.image.repository={TRAINER_REPOSITORY}",
                       "--set", f"trainer.image.tag={TRAINER_TAG}", *scope)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/loratrainingjobs.lora.airepublic.io")
+    kubectl.wait_crd_established()
     deploy = kubectl.get("deployment", f"{release}-lora-operator", system)
     assert deploy["spec"]["replicas"] == 0
     pod = deploy["spec"]["template"]["spec"]
