@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lora_operator import builders, progress  # noqa: E402
+from lora_trainer.events import Emitter  # noqa: E402
 from lora_trainer.kube_status import KubeStatusSink  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
 
@@ -58,13 +59,14 @@ class _CountingSink(KubeStatusSink):
 def replay(cp: ControlPlane, name: str, token_dir: Path, interval: float, events: int, gap: float) -> dict:
     sink = _CountingSink(name=name, namespace="default", server=cp.server, token_dir=token_dir,
                          min_interval=interval)
+    emitter = Emitter([sink])
     in_emit = 0.0
     start = time.perf_counter()
 
     def emit(event: progress.TrainerEvent) -> None:
         nonlocal in_emit
         t0 = time.perf_counter()
-        sink.emit(event)
+        emitter.emit(event)
         in_emit += time.perf_counter() - t0
 
     for index in range(10):

@@ -11,22 +11,61 @@ import argparse
 import sys
 from typing import Any
 
-MARKS = {"Completed": "✓", "Active": "▶", "Failed": "✗", "Skipped": "-", "Pending": "·"}
-_SCORES = [("taskAccuracy", "task accuracy"), ("completeness", "completeness"), ("correctness", "correctness"),
-           ("coherence", "coherence"), ("overall", "overall (0-100)"), ("weightedOverall", "complexity-weighted"),
-           ("evalLoss", "held-out loss"), ("perplexity", "perplexity"), ("secondsPerAnswer", "seconds per answer"),
-           ("items", "items graded")]
+MARKS = {"Completed": "✓", "Active": "▶", "Failed": "✗", "Pending": "·", "Skipped": "-"}
+# (label, GradeScores field) rows of the final report table.
+REPORT_ROWS: tuple[tuple[str, str], ...] = (
+    ("task accuracy", "taskAccuracy"),
+    ("completeness", "completeness"),
+    ("correctness", "correctness"),
+    ("coherence", "coherence"),
+    ("overall", "overall"),
+    ("weighted overall", "weightedOverall"),
+    ("held-out loss", "evalLoss"),
+    ("perplexity", "perplexity"),
+    ("seconds / answer", "secondsPerAnswer"),
+    ("tokens / second", "tokensPerSecond"),
+    ("graded items", "items"),
+)
 
 
-def _num(value: Any) -> str:
+def number(value: Any) -> str:
     if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
-    return str(value)
+        return "—"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def report_table(status: dict[str, Any]) -> list[str]:
+    """Before/after table, improvements, XP and artifacts of a finished run."""
+    before, after = status.get("before") or {}, status.get("after") or {}
+    lines: list[str] = []
+    if before or after:
+        lines.append(f"  {'':<18}{'before':>10}{'after':>10}{'change':>10}")
+        for label, key in REPORT_ROWS:
+            b, a = before.get(key), after.get(key)
+            if b is None and a is None:
+                continue
+            change = "" if b is None or a is None or key == "items" else f"{a - b:+.4g}"
+            lines.append(f"  {label:<18}{number(b):>10}{number(a):>10}{change:>10}")
+    imp = status.get("improvements") or {}
+    if imp:
+        described = {
+            "qualityPercent": "quality {:+.1f}%", "qualityPoints": "quality {:+.1f} points",
+            "speedPercent": "speed {:+.1f}%", "evalLossDelta": "held-out loss {:+.4f}",
+            "perplexityPercent": "perplexity {:+.1f}%",
+        }
+        lines.append("  improvements: " + ", ".join(fmt.format(imp[k]) for k, fmt in described.items()
+                                                    if imp.get(k) is not None))
+    if status.get("xp") is not None:
+        lines.append(f"  XP: {status['xp']} for {status.get('trainItems', 0)} training items")
+    for name, path in (status.get("artifacts") or {}).items():
+        lines.append(f"  {name}: {path}")
+    return lines
 
 
 def render(name: str, status: dict[str, Any]) -> str:
+    """The whole report of one resource: phase, step checklist, report table, true conditions."""
     lines = [f"LoraTrainingJob {name}: {status.get('phase', 'Pending')}"
              f" ({status.get('progress', 0)}%, {status.get('stepSummary', '')})"]
     if status.get("message"):
@@ -34,25 +73,11 @@ def render(name: str, status: dict[str, Any]) -> str:
     lines.append("")
     for step in status.get("steps") or []:
         msg = f"  {step['message']}" if step.get("message") else ""
-        lines.append(f" {MARKS.get(step.get('state', 'Pending'), '?')} {step['name']:<16}{msg}")
-    before, after = status.get("before") or {}, status.get("after") or {}
-    if before or after:
-        lines += ["", f" {'metric':<22}{'before':>12}{'after':>12}"]
-        for key, label in _SCORES:
-            if key in before or key in after:
-                lines.append(f" {label:<22}{_num(before.get(key)):>12}{_num(after.get(key)):>12}")
-    improvements = status.get("improvements") or {}
-    if improvements:
-        lines += ["", " improvements: " + ", ".join(f"{k} {_num(v)}" for k, v in improvements.items())]
-    if status.get("loss") is not None:
-        lines.append(f" final training loss {_num(status['loss'])}, held-out loss {_num(status.get('evalLoss'))}")
-    if status.get("xp") is not None:
-        lines.append(f" XP gained: {status['xp']} (from {status.get('trainItems', '?')} training items)")
-    for kind, path in (status.get("artifacts") or {}).items():
-        lines.append(f" {kind:<9} {path}")
+        lines.append(f" {MARKS.get(step.get('state', 'Pending'), '?')} {step['name']:<16}{msg}".rstrip())
+    lines += ["", *report_table(status)]
     for cond in status.get("conditions") or []:
         if cond["status"] == "True":
-            lines.append(f" condition {cond['type']}: {cond['reason']} {cond.get('message', '')}".rstrip())
+            lines.append(f"  condition {cond['type']}: {cond['reason']} {cond.get('message', '')}".rstrip())
     return "\n".join(lines)
 
 

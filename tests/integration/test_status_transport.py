@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from lora_operator import progress
+from lora_trainer.events import Emitter
 from lora_trainer.kube_status import KubeStatusSink
 from tests.conftest import wait_for
 from tests.integration.test_operator_lifecycle import _ltj
@@ -40,10 +41,11 @@ def test_trainer_can_patch_only_its_own_status_and_survives_revocation(
     server = control_plane.server
 
     sink = KubeStatusSink(name="own", namespace=namespace, server=server, token_dir=token_dir, min_interval=0.2)
-    sink.emit(progress.StepEvent(index=0, state="Active"))
-    sink.emit(progress.StepEvent(index=0, state="Completed"))
+    emitter = Emitter([sink])
+    emitter.emit(progress.StepEvent(index=0, state="Active"))
+    emitter.emit(progress.StepEvent(index=0, state="Completed"))
     for step in range(1, 21):
-        sink.emit(progress.TrainEvent(step=step, totalSteps=20, loss=2.0 - step * 0.05))
+        emitter.emit(progress.TrainEvent(step=step, totalSteps=20, loss=2.0 - step * 0.05))
     sink.flush()
     status = _status(kubectl, namespace, "own")
     assert status["steps"][0]["state"] == "Completed"
@@ -52,7 +54,7 @@ def test_trainer_can_patch_only_its_own_status_and_survives_revocation(
     assert sink.failures == 0 and 1 <= sink.writes < 22
 
     intruder = KubeStatusSink(name="other", namespace=namespace, server=server, token_dir=token_dir)
-    intruder.emit(progress.StepEvent(index=3, state="Active"))
+    Emitter([intruder]).emit(progress.StepEvent(index=3, state="Active"))
     assert intruder.failures == 1 and intruder.writes == 0
     assert _status(kubectl, namespace, "other")["steps"][3]["state"] == "Pending"
 
@@ -62,7 +64,7 @@ def test_trainer_can_patch_only_its_own_status_and_survives_revocation(
              lambda: kubectl.run("auth", "can-i", "patch", "loratrainingjobs/status",
                                  "--as", f"system:serviceaccount:{namespace}:own-trainer",
                                  "-n", namespace, check=False).stdout.strip() == "no")
-    sink.emit(progress.StepEvent(index=4, state="Active"))
+    emitter.emit(progress.StepEvent(index=4, state="Active"))
     sink.close(progress.reduce(sink.status, progress.StepEvent(index=4, state="Completed")))
     assert sink.failures >= 1
     assert _status(kubectl, namespace, "own")["steps"][4]["state"] == "Pending"

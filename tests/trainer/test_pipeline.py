@@ -27,7 +27,7 @@ from lora_operator.progress import (
 )
 from lora_trainer.cli import main
 from lora_trainer.context import RunContext
-from lora_trainer.events import ConsoleSink, JsonlSink
+from lora_trainer.events import ConsoleSink, Emitter, JsonlSink
 from lora_trainer.modeling import load_model
 from lora_trainer.pipeline import EXECUTION_ORDER, STEP_RUNNERS, run_pipeline
 from lora_trainer.steps import model as model_step
@@ -40,7 +40,7 @@ class Recorder:
         self.events: list[TrainerEvent] = []
         self.final: dict[str, Any] | None = None
 
-    def emit(self, event: TrainerEvent) -> None:
+    def emit(self, event: TrainerEvent, status: dict[str, Any]) -> None:
         self.events.append(event)
 
     def close(self, final_status: dict[str, Any]) -> None:
@@ -153,9 +153,9 @@ def test_console_shows_checklist_progress_and_report(finished: Run) -> None:
 
 def test_live_console_redraws_in_place() -> None:
     stream = io.StringIO()
-    sink = ConsoleSink(stream, live=True)
-    sink.emit(StepEvent(index=4, state="Active"))
-    sink.emit(TrainEvent(step=3, total_steps=12, loss=1.5, learning_rate=1e-4, eta_seconds=75,
+    emitter = Emitter([ConsoleSink(stream, live=True)])
+    emitter.emit(StepEvent(index=4, state="Active"))
+    emitter.emit(TrainEvent(step=3, total_steps=12, loss=1.5, learning_rate=1e-4, eta_seconds=75,
                          tokens_per_second=812.4))
     text = stream.getvalue()
     assert text.count("\x1b[10F\x1b[J") == 1  # the first 10-line block is redrawn with the bar below it

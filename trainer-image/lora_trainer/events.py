@@ -26,16 +26,20 @@ from lora_operator.progress import (
     initial_status,
     reduce,
 )
+from lora_operator.report import MARKS, number, report_table
 
 
 class Sink(Protocol):
-    """Receives every event in order, then the final reduced status once.
+    """Receives every event in order with the run's status after it, then the final status once.
+
+    The status is the emitter's one fold of the events (``progress.reduce``): sinks read it,
+    they never fold again.
 
     A sink should not raise for transient trouble (a status API being briefly down): the
     training run matters more than one lost progress update.
     """
 
-    def emit(self, event: TrainerEvent) -> None: ...
+    def emit(self, event: TrainerEvent, status: dict[str, Any]) -> None: ...
 
     def close(self, final_status: dict[str, Any]) -> None: ...
 
@@ -50,7 +54,7 @@ class Emitter:
     def emit(self, event: TrainerEvent) -> None:
         self.status = reduce(self.status, event)
         for sink in self.sinks:
-            sink.emit(event)
+            sink.emit(event, self.status)
 
     def close(self) -> dict[str, Any]:
         for sink in self.sinks:
@@ -69,7 +73,7 @@ class JsonlSink:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def emit(self, event: TrainerEvent) -> None:
+    def emit(self, event: TrainerEvent, status: dict[str, Any]) -> None:
         self._file.write(dump_event(event) + "\n")
         self._file.flush()
 
@@ -78,22 +82,7 @@ class JsonlSink:
             self._file.close()
 
 
-_MARKS = {"Completed": "✓", "Active": "▶", "Failed": "✗", "Pending": "·", "Skipped": "-"}
 _BAR_WIDTH = 24
-# (label, GradeScores field) rows of the final report table.
-_REPORT_ROWS: tuple[tuple[str, str], ...] = (
-    ("task accuracy", "taskAccuracy"),
-    ("completeness", "completeness"),
-    ("correctness", "correctness"),
-    ("coherence", "coherence"),
-    ("overall", "overall"),
-    ("weighted overall", "weightedOverall"),
-    ("held-out loss", "evalLoss"),
-    ("perplexity", "perplexity"),
-    ("seconds / answer", "secondsPerAnswer"),
-    ("tokens / second", "tokensPerSecond"),
-    ("graded items", "items"),
-)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -105,14 +94,6 @@ def format_duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _number(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
 
 
 def progress_bar(status: dict[str, Any], tokens_per_second: float | None = None) -> str | None:
@@ -134,34 +115,6 @@ def progress_bar(status: dict[str, Any], tokens_per_second: float | None = None)
     if status.get("etaSeconds") is not None and step < total:
         parts.append(f"ETA {format_duration(status['etaSeconds'])}")
     return "  ".join(parts)
-
-
-def report_table(status: dict[str, Any]) -> list[str]:
-    """Before/after table, improvements, XP and artifacts of a finished run."""
-    before, after = status.get("before") or {}, status.get("after") or {}
-    lines: list[str] = []
-    if before or after:
-        lines.append(f"  {'':<18}{'before':>10}{'after':>10}{'change':>10}")
-        for label, key in _REPORT_ROWS:
-            b, a = before.get(key), after.get(key)
-            if b is None and a is None:
-                continue
-            change = "" if b is None or a is None or key == "items" else f"{a - b:+.4g}"
-            lines.append(f"  {label:<18}{_number(b):>10}{_number(a):>10}{change:>10}")
-    imp = status.get("improvements") or {}
-    if imp:
-        described = {
-            "qualityPercent": "quality {:+.1f}%", "qualityPoints": "quality {:+.1f} points",
-            "speedPercent": "speed {:+.1f}%", "evalLossDelta": "held-out loss {:+.4f}",
-            "perplexityPercent": "perplexity {:+.1f}%",
-        }
-        lines.append("  improvements: " + ", ".join(fmt.format(imp[k]) for k, fmt in described.items()
-                                                    if imp.get(k) is not None))
-    if status.get("xp") is not None:
-        lines.append(f"  XP: {status['xp']} for {status.get('trainItems', 0)} training items")
-    for name, path in (status.get("artifacts") or {}).items():
-        lines.append(f"  {name}: {path}")
-    return lines
 
 
 class ConsoleSink:
@@ -187,7 +140,7 @@ class ConsoleSink:
         if duration is None and self.live and step["state"] == "Active" and index in self._started:
             duration = time.monotonic() - self._started[index]
         shown = format_duration(duration) if duration is not None else ""
-        line = f" {_MARKS[step['state']]} {index} {PIPELINE_STEPS[index]:<16}{shown:>7}  {step.get('message') or ''}"
+        line = f" {MARKS[step['state']]} {index} {PIPELINE_STEPS[index]:<16}{shown:>7}  {step.get('message') or ''}"
         return line[: shutil.get_terminal_size((120, 24)).columns - 1] if self.live else line.rstrip()
 
     def _checklist(self) -> list[str]:
@@ -208,8 +161,8 @@ class ConsoleSink:
         self._write(lines)
         self._drawn_lines = len(lines)
 
-    def emit(self, event: TrainerEvent) -> None:
-        self.status = reduce(self.status, event)
+    def emit(self, event: TrainerEvent, status: dict[str, Any]) -> None:
+        self.status = status
         if isinstance(event, TrainEvent):
             self._tokens_per_second = event.tokens_per_second
         if isinstance(event, StepEvent):
@@ -227,8 +180,8 @@ class ConsoleSink:
             self._write([f"   eval loss {event.eval_loss:.4f} at step {event.step}"])
         elif isinstance(event, MetricsEvent):
             scores = event.scores
-            self._write([f"   {event.which}: overall {_number(scores.overall)}, weighted "
-                         f"{_number(scores.weighted_overall)}, held-out loss {_number(scores.eval_loss)}"])
+            self._write([f"   {event.which}: overall {number(scores.overall)}, weighted "
+                         f"{number(scores.weighted_overall)}, held-out loss {number(scores.eval_loss)}"])
         elif isinstance(event, FailureEvent):
             self._write([f" ✗ {event.message}"])
 

@@ -69,9 +69,9 @@ class KubeStatusSink:
         return cls(name=name, namespace=namespace, server=f"https://{host}:{port}", token_dir=token_dir,
                    min_interval=interval)
 
-    def emit(self, event: progress.TrainerEvent) -> None:
+    def emit(self, event: progress.TrainerEvent, status: dict[str, Any]) -> None:
         with self._lock:
-            self.status = progress.reduce(self.status, event)
+            self.status = status
             self._dirty = True
             due = time.monotonic() - self._last_write >= self.min_interval
         if isinstance(event, _BOUNDARY) or due:
