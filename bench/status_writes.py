@@ -10,7 +10,6 @@ on every event. Prints API writes, bytes sent, time the training thread spent in
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import subprocess
 import sys
@@ -42,10 +41,7 @@ def _prepare(cp: ControlPlane, name: str, token_dir: Path) -> None:
                 "spec": {"model": {"hubId": "a/b"}, "datasets": [{"builtin": "minion-handbook"}], "suspend": True}}
     objs = [manifest, builders.service_account(name), builders.status_role(name), builders.status_role_binding(name)]
     _kubectl(cp, "apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump_all(objs))
-    token_dir.mkdir(parents=True)
-    (token_dir / "token").write_text(_kubectl(cp, "create", "token", builders.service_account_name(name)).strip())
-    ca = yaml.safe_load(cp.kubeconfig.read_text())["clusters"][0]["cluster"]["certificate-authority-data"]
-    (token_dir / "ca.crt").write_bytes(base64.b64decode(ca))
+    cp.write_token_dir("default", builders.service_account_name(name), token_dir)
 
 
 class _CountingSink(KubeStatusSink):

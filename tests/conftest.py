@@ -45,6 +45,10 @@ class Kubectl:
             "get", "crd/loratrainingjobs.lora.airepublic.io",
             "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}").strip() == "True", timeout=60)
 
+    def status(self, namespace: str, name: str) -> dict:
+        """The status of LoraTrainingJob ``namespace/name`` ({} while it has none or does not exist)."""
+        return (self.get("ltj", name, namespace) or {}).get("status") or {}
+
     def get(self, kind: str, name: str, namespace: str) -> dict | None:
         proc = self.run("get", kind, name, "-n", namespace, "-o", "yaml", check=False)
         if proc.returncode != 0:

@@ -5,6 +5,7 @@ Logic lives in ``builders`` (spec -> objects) and ``status`` (Job/Pods -> status
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -86,10 +87,14 @@ def _create(obj: dict[str, Any], namespace: str, owner_uid: str) -> None:
                 "(a deleted run with the same name is still being cleaned up)", delay=15) from err
 
 
+@functools.cache
+def _dynamic() -> kubernetes.dynamic.DynamicClient:
+    # Built once: constructing it runs API discovery, several requests.
+    return kubernetes.dynamic.DynamicClient(kubernetes.client.ApiClient())
+
+
 def _read(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-    client = kubernetes.client.ApiClient()
-    dyn = kubernetes.dynamic.DynamicClient(client)
-    resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    resource = _dynamic().resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
     return resource.get(name=obj["metadata"]["name"], namespace=namespace).to_dict()
 
 

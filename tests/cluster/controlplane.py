@@ -191,6 +191,17 @@ class ControlPlane:
         """A fresh admin client for the cluster."""
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
+    def write_token_dir(self, namespace: str, service_account: str, target: Path) -> Path:
+        """``target`` holding ``token`` and ``ca.crt`` as the trainer's projected token volume does."""
+        token = subprocess.run(
+            [str(self.bin_dir / "kubectl"), "create", "token", service_account, "-n", namespace, "--duration=10m"],
+            check=True, capture_output=True, text=True, env=self.env()).stdout.strip()
+        cluster = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "token").write_text(token)
+        (target / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+        return target
+
     def env(self) -> dict[str, str]:
         """os.environ with KUBECONFIG set and bin_dir first on PATH, for kubectl/helm/subprocesses."""
         env = dict(os.environ)

@@ -26,13 +26,10 @@ def _jobs(kubectl, namespace: str) -> list[dict]:
     return yaml.safe_load(kubectl("get", "jobs", "-n", namespace, "-o", "yaml"))["items"]
 
 
-def _status(kubectl, namespace: str, name: str) -> dict:
-    return (kubectl.get("ltj", name, namespace) or {}).get("status") or {}
-
 
 def test_suspended_run_gets_its_job_and_children(kubectl, operator, namespace) -> None:
     kubectl.apply(_ltj("alpha", suspend=True), namespace)
-    status = wait_for("phase Suspended", lambda: (s := _status(kubectl, namespace, "alpha")).get("phase") == "Suspended"
+    status = wait_for("phase Suspended", lambda: (s := kubectl.status(namespace, "alpha")).get("phase") == "Suspended"
                       and s, timeout=60)
     assert status["jobName"] == "alpha-train"
     assert status["stepSummary"] == "0/9 before-metrics" and len(status["steps"]) == 10
@@ -62,11 +59,11 @@ def test_operator_restart_creates_no_second_job(kubectl, operator, namespace) ->
 
 def test_spec_edits_are_reported_not_applied_and_suspend_is(kubectl, operator, namespace) -> None:
     kubectl.apply(_ltj("gamma", suspend=True), namespace)
-    wait_for("Suspended", lambda: _status(kubectl, namespace, "gamma").get("phase") == "Suspended", timeout=60)
+    wait_for("Suspended", lambda: kubectl.status(namespace, "gamma").get("phase") == "Suspended", timeout=60)
     kubectl("patch", "ltj", "gamma", "-n", namespace, "--type=merge", "-p", '{"spec": {"lora": {"rank": 16}}}')
 
     def ignored():
-        conds = {c["type"]: c for c in _status(kubectl, namespace, "gamma").get("conditions", [])}
+        conds = {c["type"]: c for c in kubectl.status(namespace, "gamma").get("conditions", [])}
         return conds.get("SpecChangeIgnored", {}).get("status") == "True" and conds["SpecChangeIgnored"]
 
     cond = wait_for("SpecChangeIgnored", ignored, timeout=60)
@@ -75,7 +72,7 @@ def test_spec_edits_are_reported_not_applied_and_suspend_is(kubectl, operator, n
     assert "rank: 8" in spec_cm["data"]["spec.yaml"]  # the run keeps the spec it started with
     kubectl("patch", "ltj", "gamma", "-n", namespace, "--type=merge", "-p", '{"spec": {"lora": {"rank": 8}}}')
     wait_for("SpecChangeIgnored cleared", lambda: next(
-        c for c in _status(kubectl, namespace, "gamma")["conditions"] if c["type"] == "SpecChangeIgnored"
+        c for c in kubectl.status(namespace, "gamma")["conditions"] if c["type"] == "SpecChangeIgnored"
     )["status"] == "False", timeout=60)
     kubectl("patch", "ltj", "gamma", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
     wait_for("the Job to be resumed",
@@ -95,7 +92,7 @@ def test_unschedulable_run_is_pending_with_the_scheduler_message(kubectl, operat
     kubectl.apply(_ltj("huge", resources={"gpu": 16}), namespace)
 
     def pending():
-        s = _status(kubectl, namespace, "huge")
+        s = kubectl.status(namespace, "huge")
         ok = s.get("phase") == "Pending" and "nvidia.com/gpu" in (s.get("message") or "")
         return s if ok else [False, s.get("phase"), s.get("message")]
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-from pathlib import Path
-
 import pytest
-import yaml
 
 from lora_operator import progress
 from lora_trainer.events import Emitter
@@ -17,27 +13,14 @@ from tests.integration.test_operator_lifecycle import _ltj
 pytestmark = pytest.mark.integration
 
 
-def _token_dir(kubectl, control_plane, namespace: str, sa: str, tmp_path: Path) -> Path:
-    token = kubectl("create", "token", sa, "-n", namespace, "--duration=10m").strip()
-    cfg = yaml.safe_load(control_plane.kubeconfig.read_text())
-    ca = base64.b64decode(cfg["clusters"][0]["cluster"]["certificate-authority-data"])
-    (tmp_path / "token").write_text(token)
-    (tmp_path / "ca.crt").write_bytes(ca)
-    return tmp_path
-
-
-def _status(kubectl, namespace, name):
-    return (kubectl.get("ltj", name, namespace) or {}).get("status") or {}
-
-
 def test_trainer_can_patch_only_its_own_status_and_survives_revocation(
     kubectl, operator, control_plane, namespace, tmp_path
 ) -> None:
     for name in ("own", "other"):
         kubectl.apply(_ltj(name, suspend=True), namespace)
     for name in ("own", "other"):
-        wait_for(f"{name} Suspended", lambda n=name: _status(kubectl, namespace, n).get("phase") == "Suspended")
-    token_dir = _token_dir(kubectl, control_plane, namespace, "own-trainer", tmp_path)
+        wait_for(f"{name} Suspended", lambda n=name: kubectl.status(namespace, n).get("phase") == "Suspended")
+    token_dir = control_plane.write_token_dir(namespace, "own-trainer", tmp_path)
     server = control_plane.server
 
     sink = KubeStatusSink(name="own", namespace=namespace, server=server, token_dir=token_dir, min_interval=0.2)
@@ -47,7 +30,7 @@ def test_trainer_can_patch_only_its_own_status_and_survives_revocation(
     for step in range(1, 21):
         emitter.emit(progress.TrainEvent(step=step, totalSteps=20, loss=2.0 - step * 0.05))
     sink.flush()
-    status = _status(kubectl, namespace, "own")
+    status = kubectl.status(namespace, "own")
     assert status["steps"][0]["state"] == "Completed"
     assert status["loss"] == pytest.approx(1.0)
     assert status["phase"] == "Suspended"  # the trainer never touches operator-owned fields
@@ -56,7 +39,7 @@ def test_trainer_can_patch_only_its_own_status_and_survives_revocation(
     intruder = KubeStatusSink(name="other", namespace=namespace, server=server, token_dir=token_dir)
     Emitter([intruder]).emit(progress.StepEvent(index=3, state="Active"))
     assert intruder.failures == 1 and intruder.writes == 0
-    assert _status(kubectl, namespace, "other")["steps"][3]["state"] == "Pending"
+    assert kubectl.status(namespace, "other")["steps"][3]["state"] == "Pending"
 
     # Revoke: later writes fail, training goes on, nothing raises.
     kubectl("delete", "rolebinding", "own-trainer", "-n", namespace)
@@ -67,4 +50,4 @@ def test_trainer_can_patch_only_its_own_status_and_survives_revocation(
     emitter.emit(progress.StepEvent(index=4, state="Active"))
     sink.close(progress.reduce(sink.status, progress.StepEvent(index=4, state="Completed")))
     assert sink.failures >= 1
-    assert _status(kubectl, namespace, "own")["steps"][4]["state"] == "Pending"
+    assert kubectl.status(namespace, "own")["steps"][4]["state"] == "Pending"

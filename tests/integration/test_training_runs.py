@@ -21,9 +21,6 @@ from tests.trainer.tiny import build_tiny_model
 pytestmark = pytest.mark.integration
 
 
-def _status(kubectl, namespace, name):
-    return (kubectl.get("ltj", name, namespace) or {}).get("status") or {}
-
 
 class StatusRecorder(threading.Thread):
     """Records every distinct (phase, step, progress, loss) the resource shows while a run goes on."""
@@ -36,7 +33,7 @@ class StatusRecorder(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            s = _status(self.kubectl, self.namespace, self.name)
+            s = self.kubectl.status(self.namespace, self.name)
             snap = {k: s.get(k) for k in ("phase", "stepSummary", "progress", "loss", "trainingStep")}
             if s and (not self.seen or snap != self.seen[-1]):
                 self.seen.append(snap)
@@ -106,7 +103,7 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
     kubectl.apply(_tiny_run("tiny", tiny_model_pvc), namespace)
     recorder.start()
     recorder.join(timeout=600)
-    status = _status(kubectl, namespace, "tiny")
+    status = kubectl.status(namespace, "tiny")
     _assert_succeeded_with_results(status, namespace, "tiny")
     pods = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=tiny-train",
                                   "-o", "yaml"))["items"]
@@ -130,11 +127,11 @@ def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, ti
     """A restarted operator adopts the running Job (no second one); deleting the run removes Job and pods."""
     kubectl.apply(_pvc("artifacts"), namespace)
     kubectl.apply(_tiny_run("restart", tiny_model_pvc), namespace)
-    wait_for("the trainer running", lambda: _status(kubectl, namespace, "restart").get("phase") == "Running",
+    wait_for("the trainer running", lambda: kubectl.status(namespace, "restart").get("phase") == "Running",
              timeout=120, interval=0.2)
     operator.stop()
     operator.start()
-    status = wait_for("a terminal phase", lambda: (s := _status(kubectl, namespace, "restart")).get("phase")
+    status = wait_for("a terminal phase", lambda: (s := kubectl.status(namespace, "restart")).get("phase")
                       in ("Succeeded", "Failed") and s, timeout=600)
     _assert_succeeded_with_results(status, namespace, "restart")
     jobs = yaml.safe_load(kubectl("get", "jobs", "-n", namespace, "-o", "yaml"))["items"]
@@ -151,7 +148,7 @@ def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, 
     spec = _tiny_run("broken", tiny_model_pvc, data={"minTextLength": 5000}, runtime={"backoffLimit": 3})
     kubectl.apply(spec, namespace)
     def failed():
-        s = _status(kubectl, namespace, "broken")
+        s = kubectl.status(namespace, "broken")
         return s if s.get("phase") == "Failed" else [False, s.get("phase"), s.get("message"), s.get("stepSummary")]
 
     status = wait_for("Failed", failed, timeout=180)
@@ -171,12 +168,12 @@ def test_final_metrics_arrive_when_status_updates_are_revoked_mid_run(
     kubectl.apply(_pvc("artifacts"), namespace)
     kubectl.apply(_tiny_run("cut", tiny_model_pvc), namespace)
     wait_for("the trainer's first status update",
-             lambda: any(s.get("state") != "Pending" for s in _status(kubectl, namespace, "cut").get("steps", [])),
+             lambda: any(s.get("state") != "Pending" for s in kubectl.status(namespace, "cut").get("steps", [])),
              timeout=180, interval=0.2)
     kubectl("delete", "rolebinding", "cut-trainer", "-n", namespace)
-    at_revocation = _status(kubectl, namespace, "cut")
+    at_revocation = kubectl.status(namespace, "cut")
     assert at_revocation.get("phase") != "Succeeded"
-    status = wait_for("a terminal phase", lambda: (s := _status(kubectl, namespace, "cut")).get("phase")
+    status = wait_for("a terminal phase", lambda: (s := kubectl.status(namespace, "cut")).get("phase")
                       in ("Succeeded", "Failed") and s, timeout=600)
     _assert_succeeded_with_results(status, namespace, "cut")
     pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"][0]
@@ -191,7 +188,7 @@ def test_quickstart_example_trains_smollm2_with_live_status(kubectl, operator, n
     kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "quickstart.yaml"))
     recorder.start()
     recorder.join(timeout=1500)
-    status = _status(kubectl, namespace, "quickstart")
+    status = kubectl.status(namespace, "quickstart")
     _assert_succeeded_with_results(status, namespace, "quickstart")
     running = [s for s in recorder.seen if s["phase"] == "Running"]
     progresses = [s["progress"] for s in running if s["progress"] is not None]
