@@ -154,13 +154,14 @@ def reduce(status: dict[str, Any], event: TrainerEvent) -> dict[str, Any]:
 
     if isinstance(event, StepEvent):
         step = new["steps"][event.index]
-        step["state"] = event.state
         if event.state == "Active":
-            step["startTime"] = event.time
+            if step["state"] != "Active":  # an Active step made Active again only gets a new message
+                step["startTime"] = event.time
             step.pop("endTime", None)
         else:
             step.setdefault("startTime", event.time)
             step["endTime"] = event.time
+        step["state"] = event.state
         if event.message is not None:
             step["message"] = event.message[:1024]
         if event.state in ("Active", "Failed") or event.index >= (new.get("currentStep") or 0):
@@ -175,7 +176,9 @@ def reduce(status: dict[str, Any], event: TrainerEvent) -> dict[str, Any]:
             new["epoch"] = round(event.epoch, 4)
         if event.eta_seconds is not None:
             new["etaSeconds"] = int(event.eta_seconds)
-        history = [*new.get("lossHistory", []), LossPoint(step=event.step, loss=round(event.loss, 6))
+        # Training that starts again from an earlier step (a resume) replaces the points it repeats.
+        kept = [p for p in new.get("lossHistory", []) if p["step"] < event.step]
+        history = [*kept, LossPoint(step=event.step, loss=round(event.loss, 6))
                    .model_dump(by_alias=True)]
         new["lossHistory"] = _downsample(history, LOSS_HISTORY_POINTS)
         train_fraction = min(1.0, event.step / event.total_steps) if event.total_steps else 0.0

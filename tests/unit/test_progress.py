@@ -65,3 +65,20 @@ def test_final_summary_fits_the_termination_message() -> None:
     assert len(text.encode()) <= progress.TERMINATION_MESSAGE_LIMIT
     summary = json.loads(text)
     assert summary["loss"] == status["loss"]  # the important fields survive the cut
+
+
+def test_an_active_step_made_active_again_keeps_its_start_and_takes_the_message() -> None:
+    status = progress.reduce(progress.initial_status(), progress.StepEvent(index=4, state="Active",
+                                                                          time="2026-01-01T00:00:00Z"))
+    status = progress.reduce(status, progress.StepEvent(index=4, state="Active", message="out of GPU memory: ...",
+                                                        time="2026-01-01T00:05:00Z"))
+    step = status["steps"][4]
+    assert (step["state"], step["startTime"], step["message"]) == ("Active", "2026-01-01T00:00:00Z",
+                                                                   "out of GPU memory: ...")
+
+
+def test_training_that_starts_again_replaces_the_loss_points_it_repeats() -> None:
+    status = _run_training(progress.initial_status(), total=10)
+    status = progress.reduce(status, progress.TrainEvent(step=7, totalSteps=10, loss=0.1))  # resumed at 6
+    assert [p["step"] for p in status["lossHistory"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert status["lossHistory"][-1]["loss"] == 0.1

@@ -166,8 +166,8 @@ class ConsoleSink:
         if isinstance(event, TrainEvent):
             self._tokens_per_second = event.tokens_per_second
         if isinstance(event, StepEvent):
-            if event.state == "Active":
-                self._started[event.index] = time.monotonic()
+            if event.state == "Active":  # Active again (a new message) keeps the step's start
+                self._started.setdefault(event.index, time.monotonic())
             elif event.index in self._started:
                 self._durations[event.index] = time.monotonic() - self._started[event.index]
         if self.live:

@@ -1,29 +1,40 @@
-"""Step 4, training: the HF Trainer with progress events, divergence checks and automatic resume.
+"""Step 4, training: the HF Trainer with progress events, divergence checks, automatic resume and
+recovery from running out of GPU memory.
 
 A checkpoint counts as complete once our callback has written its marker, which happens after
 the Trainer finished writing every file of it; a pod killed mid-save leaves a folder without a
 marker, which is removed, and the run resumes from the newest complete checkpoint instead.
+
+Out of GPU memory, the step halves the micro-batch and doubles gradient accumulation (the same
+items per optimizer step, so the same training), then, at a micro-batch of 1, turns on activation
+checkpointing; each time it resumes from the newest complete checkpoint, or from the initial
+adapter weights when there is none yet. Only when all of that still does not fit does it fail.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 
-from lora_operator.progress import EvalEvent, TrainerEvent, TrainEvent
+from lora_operator.api import PIPELINE_STEPS
+from lora_operator.progress import EvalEvent, StepEvent, TrainerEvent, TrainEvent
 from lora_trainer.context import RunContext
-from lora_trainer.errors import InvalidInput
+from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.events import format_duration
 
 MARKER = "lora-trainer-complete.json"
@@ -128,25 +139,81 @@ class ProgressCallback(TrainerCallback):
         write_marker(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.fingerprint, state.global_step)
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's allocator raises OutOfMemoryError; some kernels (cuBLAS, cuDNN) report it as a RuntimeError."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def use_less_memory(args: Any) -> str | None:
+    """Change ``args`` (TrainingArguments) to need less activation memory for the same training; None when
+    nothing is left to try. Halving the micro-batch keeps the items per optimizer step (rounded up)."""
+    batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    if batch > 1:
+        smaller = batch // 2
+        args.per_device_train_batch_size = args.per_device_eval_batch_size = smaller
+        args.gradient_accumulation_steps = math.ceil(batch * accumulation / smaller)
+        return (f"batch {batch} x accumulation {accumulation} -> "
+                f"batch {smaller} x accumulation {args.gradient_accumulation_steps}")
+    if not args.activation_checkpointing:
+        args.activation_checkpointing = True
+        return "activation checkpointing on"
+    return None
+
+
+def _free_memory(model: Any) -> None:
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run(ctx: RunContext) -> str:
-    plan = ctx.need("plan")
-    resume = resume_point(Path(plan.args.output_dir), ctx.fingerprint)
-    if resume:
-        relocate_best(resume)
-    trainer = Trainer(
-        model=ctx.need("model"), args=plan.args, train_dataset=plan.train_rows,
-        eval_dataset=plan.eval_rows or None, data_collator=plan.collator, processing_class=ctx.tokenizer,
-        callbacks=[ProgressCallback(ctx.emit, ctx.fingerprint, ctx.spec.lora.divergence_factor)],
-    )
-    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the events replace it
+    plan, model = ctx.need("plan"), ctx.need("model")
+    initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    checkpoints = Path(plan.args.output_dir)
+    adjustments: list[str] = []
     started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    while True:
+        resume = resume_point(checkpoints, ctx.fingerprint)
+        if resume:
+            relocate_best(resume)
+        elif adjustments:  # the failed attempt already moved the weights: start over from the initial ones
+            set_peft_model_state_dict(model, initial)
+        trainer = Trainer(
+            model=model, args=plan.args, train_dataset=plan.train_rows,
+            eval_dataset=plan.eval_rows or None, data_collator=plan.collator, processing_class=ctx.tokenizer,
+            callbacks=[ProgressCallback(ctx.emit, ctx.fingerprint, ctx.spec.lora.divergence_factor)],
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the events replace it
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            break
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            del trainer
+            _free_memory(model)
+            change = use_less_memory(plan.args)
+            if change is None:
+                raise StepError(
+                    "out of GPU memory even at batch 1 with activation checkpointing "
+                    f"({'; '.join(adjustments)}): set model.quantization: 4bit, lower lora.maxLength, "
+                    "or request a GPU with more memory") from err
+            adjustments.append(change)
+            restart = resume_point(checkpoints, ctx.fingerprint)
+            note = (f"out of GPU memory: {change}; continuing from "
+                    f"{restart.name if restart else 'the start'}")
+            print(f"lora-trainer: {note} ({err})", file=sys.stderr)
+            ctx.emit(StepEvent(index=PIPELINE_STEPS.index("training"), state="Active", message=note))
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
     parts = [f"{state.global_step} optimizer steps in {format_duration(time.monotonic() - started)}"]
     if resume:
         parts.append(f"resumed from {resume.name}")
+    if adjustments:
+        parts.append("out of GPU memory, adjusted: " + "; ".join(adjustments))
     if losses:
         parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} (mean {result.training_loss:.4f})")
     if evals:
