@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -31,4 +32,8 @@ def test_quickstart_fine_tunes_smollm2(tmp_path: Path) -> None:
     assert [a["item"] for a in answers["before"]] == [a["item"] for a in answers["after"]]
     assert [a["query"] for a in answers["before"]] == [a["query"] for a in answers["after"]]
     assert status["trainingStep"] == 30 and status["xp"] > 0
-    assert (tmp_path / "merged" / "model.safetensors").stat().st_size > 100_000_000
+    merged = (tmp_path / "merged" / "model.safetensors").stat().st_size
+    assert merged > 100_000_000
+    estimate = re.search(r"merged model ([\d.]+) (MB|GB)", status["steps"][3]["message"])
+    assert estimate, status["steps"][3]["message"]
+    assert float(estimate[1]) * (1e9 if estimate[2] == "GB" else 1e6) == pytest.approx(merged, rel=0.05)

@@ -139,7 +139,8 @@ def test_optimizer_steps_match_the_trainer() -> None:
     assert optimizer_steps(100, 4, 2, 1.5, 7) == 7
 
 
-def test_several_visible_gpus_multiply_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_visible_gpus_multiply_the_batch(tiny_model: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     original = training_config.training_arguments
 
     def two_gpus(*args: Any) -> Any:
@@ -150,8 +151,9 @@ def test_several_visible_gpus_multiply_the_batch(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(training_config, "training_arguments", two_gpus)
     items = [Example("s", f"s:{i}", [], "answer", prompt_ids=[1, 2], completion_ids=[3, 4]) for i in range(16)]
-    ctx = RunContext(spec=tiny_spec(tmp_path, lora={"maxSteps": None, "epochs": 1}), output_dir=tmp_path,
-                     emit=print, data=PreparedData(items, [], {}))
+    spec = tiny_spec(tiny_model, lora={"maxSteps": None, "epochs": 1})
+    model = apply_lora(load_model(spec.model, torch.float32), spec.lora)
+    ctx = RunContext(spec=spec, output_dir=tmp_path, emit=print, data=PreparedData(items, [], {}), model=model)
     message = training_config.run(ctx)
     assert "batch 4 x 2 GPUs x accumulation 1 = 8 items/step, 2 optimizer steps (1 epochs of 16 items)" in message
     assert ctx.need("plan").args.train_batch_size == 8  # what the Trainer's dataloader will use
@@ -207,3 +209,19 @@ def test_saving_verification_catches_a_tensor_that_differs(tiny_model: Path, tmp
         verify_saved(tmp_path, tampered, "merged model")
     with pytest.raises(StepError, match="no weights were written"):
         verify_saved(tmp_path / "empty", state, "adapter")
+
+
+def test_disk_check_counts_what_an_earlier_attempt_wrote_once(tmp_path: Path) -> None:
+    parts = training_config.bytes_to_write(trainable=1_000_000, frozen=100_000_000, dtype_bytes=2, merge=True,
+                                           checkpoints_kept=3)
+    assert parts == {"checkpoints": 4 * 12_000_000, "adapter": 4_000_000, "merged model": 200_000_000}
+    need = round(sum(parts.values()) * training_config.DISK_MARGIN)
+    with pytest.raises(InvalidInput, match=r"has 200 MB free .* writes about 277 MB \(checkpoints 48 MB, "
+                                           r"adapter 4 MB, merged model 200 MB, plus 10% margin\)"):
+        training_config.check_disk_space(tmp_path, parts, free=200_000_000)
+    (tmp_path / "checkpoints" / "checkpoint-100").mkdir(parents=True)
+    with open(tmp_path / "checkpoints" / "checkpoint-100" / "optimizer.pt", "wb") as sparse:
+        sparse.truncate(need - 200_000_000)
+    assert training_config.check_disk_space(tmp_path, parts, free=200_000_000) == (
+        "disk: about 200 MB to write (checkpoints 48 MB, adapter 4 MB, merged model 200 MB), 200 MB free")
+    assert training_config.bytes_to_write(1, 10, 4, merge=False, checkpoints_kept=1)["merged model"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import weakref
 from pathlib import Path
@@ -31,7 +32,7 @@ from lora_trainer.events import ConsoleSink, Emitter, JsonlSink
 from lora_trainer.modeling import load_model
 from lora_trainer.pipeline import EXECUTION_ORDER, STEP_RUNNERS, run_pipeline
 from lora_trainer.steps import model as model_step
-from lora_trainer.steps import validation
+from lora_trainer.steps import training_config, validation
 from tests.trainer.conftest import tiny_spec, tiny_spec_dict
 
 
@@ -268,3 +269,26 @@ def test_cli_run_writes_events_and_exit_code(tiny_model: Path, tmp_path: Path,
     events = [parse_event(line) for line in captured.out.splitlines()]
     assert isinstance(events[-1], StepEvent) and events[-1].index == 9 and events[-1].state == "Completed"
     assert captured.err == ""  # --quiet: no checklist
+
+
+def test_the_disk_check_measures_what_the_run_writes(finished: Run) -> None:
+    """The estimate step 3 reports holds what steps 4-5 then wrote, merged model to within 10 %."""
+    message = next(e.message for e in finished.recorder.events
+                   if isinstance(e, StepEvent) and e.index == 3 and e.state == "Completed")
+    estimate = re.search(r"merged model ([\d.]+) MB", message)
+    assert estimate and "disk: about" in message, message
+    merged = (finished.output / "merged" / "model.safetensors").stat().st_size / 1e6
+    assert float(estimate.group(1)) == pytest.approx(merged, rel=0.1)
+
+
+def test_a_full_output_volume_fails_before_training(tiny_model: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A nearly full volume cannot be made here on demand: only the free-space reading is replaced.
+    monkeypatch.setattr(training_config.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    failed = run(tiny_spec(tiny_model), tmp_path)
+    assert failed.status["exitCode"] == 2  # the same volume stays too small: no retry
+    step = failed.status["steps"][3]
+    assert step["state"] == "Failed" and failed.status["steps"][4]["state"] == "Pending"
+    assert step["message"].startswith(f"the output volume has 0.001 MB free at {tmp_path} but this run writes about")
+    assert "lower lora.saveTotalLimit, or set output.merge: false" in step["message"]
+    assert not (tmp_path / "checkpoints").exists()

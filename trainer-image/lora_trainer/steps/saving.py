@@ -70,8 +70,12 @@ def _merged(ctx: RunContext, adapter_dir: Path) -> Any:
     return ctx.model.merge_and_unload()
 
 
-def _size(folder: Path) -> str:
-    return f"{sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()) / 1e6:.1f} MB"
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def human_bytes(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.3g} MB"
 
 
 def run(ctx: RunContext) -> str:
@@ -80,7 +84,7 @@ def run(ctx: RunContext) -> str:
     model.save_pretrained(str(adapter_dir))
     ctx.tokenizer.save_pretrained(str(adapter_dir))
     tensors = verify_saved(adapter_dir, get_peft_model_state_dict(model), "adapter")
-    parts = [f"adapter ({tensors} tensors, {_size(adapter_dir)}) in {adapter_dir}"]
+    parts = [f"adapter ({tensors} tensors, {human_bytes(folder_bytes(adapter_dir))}) in {adapter_dir}"]
 
     probe = _probe(ctx).to(next(model.parameters()).device)
     model.eval()
@@ -98,7 +102,7 @@ def run(ctx: RunContext) -> str:
         tensors = verify_saved(merged_dir, merged.state_dict(), "merged model")
         folders.append(merged_dir)
         ctx.artifacts.merged = str(merged_dir)
-        parts.append(f"merged model ({tensors} tensors, {_size(merged_dir)}) in {merged_dir}")
+        parts.append(f"merged model ({tensors} tensors, {human_bytes(folder_bytes(merged_dir))}) in {merged_dir}")
         del merged
     # The reloaded artifact is what gets evaluated from here on: drop every reference to the trained
     # model (merge_and_unload returns the base model object step 0 loaded) so step 6 can free it.

@@ -13,7 +13,6 @@ adapter weights when there is none yet. Only when all of that still does not fit
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from lora_operator.progress import EvalEvent, StepEvent, TrainerEvent, TrainEven
 from lora_trainer.context import RunContext
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.events import format_duration
+from lora_trainer.modeling import release_memory
 
 MARKER = "lora-trainer-complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -161,13 +161,6 @@ def use_less_memory(args: Any) -> str | None:
     return None
 
 
-def _free_memory(model: Any) -> None:
-    model.zero_grad(set_to_none=True)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def run(ctx: RunContext) -> str:
     plan, model = ctx.need("plan"), ctx.need("model")
     initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
@@ -193,7 +186,8 @@ def run(ctx: RunContext) -> str:
             if not is_out_of_memory(err):
                 raise
             del trainer
-            _free_memory(model)
+            model.zero_grad(set_to_none=True)
+            release_memory()
             change = use_less_memory(plan.args)
             if change is None:
                 raise StepError(

@@ -3,11 +3,15 @@ labelled rows and the collator.
 
 Packing concatenates each micro-batch into one padding-free row whose position ids restart
 per item, so attention never crosses items (docs/trainer.md).
+
+The step also checks that the output volume can hold what the run will write (checkpoints, adapter,
+merged model) before any GPU time is spent on training that could not be saved.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +20,15 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Tra
 
 from lora_operator.api import LoraSettings
 from lora_trainer.context import RunContext, TrainingPlan
+from lora_trainer.errors import InvalidInput
 from lora_trainer.formats import IGNORE_INDEX, Example, features
 from lora_trainer.profiles import Resolved, for_this_machine
+from lora_trainer.steps.saving import ADAPTER_DIR, MERGED_DIR, folder_bytes, human_bytes
 
 CHECKPOINT_DIR = "checkpoints"
+DISK_MARGIN = 1.1  # tokenizer files, configs, the manifest and the report, filesystem overhead
+# Bytes per trainable parameter in a checkpoint: the fp32 adapter weights plus AdamW's two fp32 moments.
+CHECKPOINT_BYTES_PER_PARAMETER = 4 + 8
 
 
 def optimizer_steps(items: int, batch: int, accumulation: int, epochs: float, max_steps: int | None) -> int:
@@ -86,6 +95,30 @@ def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: 
     )
 
 
+def bytes_to_write(trainable: int, frozen: int, dtype_bytes: int, merge: bool, checkpoints_kept: int) -> dict[str, int]:
+    """What the run writes, by part. The Trainer writes a new checkpoint before it deletes the oldest,
+    and may keep the best one beside the newest: up to saveTotalLimit + 1 exist at once."""
+    return {
+        "checkpoints": (checkpoints_kept + 1) * trainable * CHECKPOINT_BYTES_PER_PARAMETER,
+        "adapter": trainable * 4,
+        "merged model": frozen * dtype_bytes if merge else 0,
+    }
+
+
+def check_disk_space(output: Path, parts: dict[str, int], free: int) -> str:
+    """Fail before training when the output volume cannot hold the results; what an earlier attempt
+    already wrote there (checkpoints, a saved model) is overwritten, so it is not counted twice."""
+    already = sum(folder_bytes(output / folder) for folder in (CHECKPOINT_DIR, ADAPTER_DIR, MERGED_DIR))
+    need = max(0, round(sum(parts.values()) * DISK_MARGIN) - already)
+    listing = ", ".join(f"{name} {human_bytes(size)}" for name, size in parts.items() if size)
+    if need > free:
+        raise InvalidInput(
+            f"the output volume has {human_bytes(free)} free at {output} but this run writes about "
+            f"{human_bytes(need)} ({listing}, plus {DISK_MARGIN - 1:.0%} margin): use a larger output.claimName "
+            "volume, lower lora.saveTotalLimit, or set output.merge: false")
+    return f"disk: about {human_bytes(need)} to write ({listing}), {human_bytes(free)} free"
+
+
 def run(ctx: RunContext) -> str:
     lora, data = ctx.spec.lora, ctx.need("data")
     cuda = torch.cuda.is_available()
@@ -112,4 +145,8 @@ def run(ctx: RunContext) -> str:
         parts.append("best checkpoint by eval loss restored at the end")
     if r.from_profile:
         parts.append("from profile: " + ", ".join(r.from_profile))
+    trainable, total = ctx.need("model").get_nb_trainable_parameters()
+    written = bytes_to_write(trainable, total - trainable, r.dtype.itemsize, ctx.spec.output.merge,
+                             lora.save_total_limit)
+    parts.append(check_disk_space(ctx.output_dir, written, shutil.disk_usage(ctx.output_dir).free))
     return "; ".join([*parts, *r.notes])
