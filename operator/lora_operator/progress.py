@@ -124,12 +124,22 @@ def initial_status() -> dict[str, Any]:
     }
 
 
-def _downsample(points: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
-    """Keep first, last and evenly spaced points so the curve's shape survives."""
-    if len(points) <= limit:
-        return points
-    stride = (len(points) - 1) / (limit - 1)
-    return [points[round(i * stride)] for i in range(limit)]
+def add_loss_point(points: list[dict[str, Any]], point: dict[str, Any], total_steps: int,
+                   limit: int = LOSS_HISTORY_POINTS) -> list[dict[str, Any]]:
+    """Add ``point`` to a history of at most ``limit`` points spread evenly over the whole run.
+
+    The run's steps fall into ``limit - 1`` equal buckets; each keeps only its newest point, and the
+    run's first point stays. Resampling an already shortened list instead would keep cutting out
+    its middle.
+    """
+    # Training that starts again from an earlier step (a resume) replaces the points it repeats.
+    kept = [p for p in points if p["step"] < point["step"]]
+    stride = 1 if total_steps <= limit else math.ceil(total_steps / (limit - 2))
+    if len(kept) >= 2 and kept[-1]["step"] // stride == point["step"] // stride:
+        kept[-1] = point
+    else:
+        kept.append(point)
+    return kept[-limit:] if len(kept) <= limit else [kept[0], *kept[-limit + 1:]]
 
 
 def _progress(steps: list[dict[str, Any]], train_fraction: float) -> int:
@@ -176,11 +186,8 @@ def reduce(status: dict[str, Any], event: TrainerEvent) -> dict[str, Any]:
             new["epoch"] = round(event.epoch, 4)
         if event.eta_seconds is not None:
             new["etaSeconds"] = int(event.eta_seconds)
-        # Training that starts again from an earlier step (a resume) replaces the points it repeats.
-        kept = [p for p in new.get("lossHistory", []) if p["step"] < event.step]
-        history = [*kept, LossPoint(step=event.step, loss=round(event.loss, 6))
-                   .model_dump(by_alias=True)]
-        new["lossHistory"] = _downsample(history, LOSS_HISTORY_POINTS)
+        point = LossPoint(step=event.step, loss=round(event.loss, 6)).model_dump(by_alias=True)
+        new["lossHistory"] = add_loss_point(new.get("lossHistory", []), point, event.total_steps)
         train_fraction = min(1.0, event.step / event.total_steps) if event.total_steps else 0.0
     elif isinstance(event, EvalEvent):
         new["evalLoss"] = round(event.eval_loss, 6)
@@ -195,7 +202,19 @@ def reduce(status: dict[str, Any], event: TrainerEvent) -> dict[str, Any]:
         new["message"] = event.message[:4096]
 
     new["progress"] = _progress(new["steps"], train_fraction)
-    return new
+    return _finite(new)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinity become None: JSON cannot carry them, and the apiserver would refuse the whole
+    status patch (and every later one) over a single such number."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 # Fields of the final summary, most important first: what is dropped to fit the

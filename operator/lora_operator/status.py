@@ -64,7 +64,8 @@ def termination_summary(pods: list[dict[str, Any]], phase: str) -> dict[str, Any
     term = _terminated(pod) if pod else None
     text = (term or {}).get("message") or ""
     try:
-        summary = json.loads(text)
+        # NaN/Infinity (not JSON, but Python writes them) would make the apiserver refuse the status patch.
+        summary = json.loads(text, parse_constant=lambda _: None)
     except ValueError:
         return None
     return summary if isinstance(summary, dict) else None
@@ -95,6 +96,12 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
         detail = _failure_detail(pods)
         message = cond.get("message") or cond.get("reason") or "the Job failed"
         return Observation("Failed", cond.get("reason") or "JobFailed", f"{message}; {detail}" if detail else message)
+    # Kubernetes 1.31+ sets these first and the terminal condition once the pods are gone: the run
+    # must not flap back to Pending ("waiting for the trainer pod") in between.
+    if "SuccessCriteriaMet" in conds:
+        return Observation("Running", "Finishing", "the trainer finished; the Job is completing")
+    if "FailureTarget" in conds:
+        return Observation("Running", "Failing", conds["FailureTarget"].get("message") or "the Job is failing")
     if (job.get("spec") or {}).get("suspend"):
         if queued:
             return Observation("Suspended", "Queued", "waiting for admission by Kueue")
@@ -181,14 +188,15 @@ def spec_drift(frozen: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def _quality_regressed(status: dict[str, Any]) -> tuple[bool, str] | None:
+    """The complexity-weighted overall score: the quality number improvements and XP use too."""
     before, after = status.get("before") or {}, status.get("after") or {}
-    b, a = before.get("overall"), after.get("overall")
+    b, a = before.get("weightedOverall"), after.get("weightedOverall")
     if b is None or a is None:
         return None
     regressed = a < b
     loss_b, loss_a = before.get("evalLoss"), after.get("evalLoss")
     loss = f"; held-out loss {loss_b:.4f} -> {loss_a:.4f}" if loss_b is not None and loss_a is not None else ""
-    return regressed, f"overall quality {b:.1f} -> {a:.1f}{loss}"
+    return regressed, f"weighted overall quality {b:.1f} -> {a:.1f}{loss}"
 
 
 def _stalled(status: dict[str, Any], phase: str, now: datetime, timeout: int) -> tuple[bool, str]:

@@ -91,14 +91,14 @@ def test_suspended_is_suspended() -> None:
 
 
 def test_succeeded_is_healthy_and_says_so_when_quality_regressed() -> None:
-    better = _status(_job(condition="Complete"), before={"xp": 404, "before": {"overall": 50.0},
-                                                         "after": {"overall": 71.5}})
+    better = _status(_job(condition="Complete"), before={"xp": 404, "before": {"weightedOverall": 50.0},
+                                                         "after": {"weightedOverall": 71.5}})
     assert health(_ltj(better)) == {"status": "Healthy", "message": "Succeeded with 404 XP"}
-    worse = _status(_job(condition="Complete"), before={"xp": 3, "before": {"overall": 62.0},
-                                                        "after": {"overall": 58.3}})
+    worse = _status(_job(condition="Complete"), before={"xp": 3, "before": {"weightedOverall": 62.0},
+                                                        "after": {"weightedOverall": 58.3}})
     assert health(_ltj(worse)) == {
         "status": "Healthy",
-        "message": "Succeeded, but the adapter is worse than the base model: overall quality 62.0 -> 58.3"}
+        "message": "Succeeded, but the adapter is worse than the base model: weighted overall quality 62.0 -> 58.3"}
 
 
 def test_failed_is_degraded_with_the_reason() -> None:

@@ -174,6 +174,8 @@ def test_divergence_and_nan_stop_training() -> None:
         callback.on_log(None, _state([2.0, 25.0], 3), None, logs={"loss": 25.0})
     with pytest.raises(InvalidInput, match="loss is nan"):
         callback.on_log(None, _state([2.0, math.nan], 3), None, logs={"loss": math.nan})
+    with pytest.raises(InvalidInput, match="eval loss is inf at step 3"):
+        callback.on_log(None, _state([2.0], 3), None, logs={"eval_loss": math.inf})
 
 
 def _checkpoint(folder: Path, step: int, fingerprint: str | None) -> Path:

@@ -1,6 +1,7 @@
 """Trainer events -> status fields (the reducer both the trainer and the operator rely on)."""
 
 import json
+from itertools import pairwise
 
 import pytest
 
@@ -42,11 +43,18 @@ def test_training_progress_counts_inside_the_training_step() -> None:
     assert status["loss"] == 1.5 and status["trainingStep"] == 50
 
 
-def test_loss_history_is_bounded_and_keeps_the_ends() -> None:
-    status = _run_training(progress.initial_status(), total=1000)
-    history = status["lossHistory"]
-    assert len(history) == progress.LOSS_HISTORY_POINTS
-    assert history[0]["step"] == 1 and history[-1]["step"] == 1000
+@pytest.mark.parametrize(("total", "every"), [(49, 1), (50, 1), (51, 1), (137, 1), (1000, 1), (10_000, 1),
+                                             (10_000, 10), (3_000, 7)])
+def test_loss_history_is_bounded_evenly_spaced_and_keeps_the_ends(total: int, every: int) -> None:
+    status = _run_training(progress.initial_status(), total=total, every=every)
+    steps = [p["step"] for p in status["lossHistory"]]
+    assert steps[0] == every and steps[-1] == total - total % every
+    limit = progress.LOSS_HISTORY_POINTS
+    assert len(steps) == total // every if total // every <= limit else limit // 2 <= len(steps) <= limit
+    stride = 1 if total <= limit else -(-total // (limit - 2))
+    inner = [b - a for a, b in pairwise(steps[1:-1])]  # between the first and the newest
+    assert all(abs(gap - max(stride, every)) < every for gap in inner), steps  # the whole run, evenly
+    assert 0 < steps[-1] - steps[-2] < max(stride, every) + every
 
 
 def test_events_round_trip_and_bad_events_are_rejected() -> None:

@@ -122,11 +122,17 @@ def test_stalled_condition_after_timeout() -> None:
 
 def test_quality_regressed_condition() -> None:
     status = {"phase": "Succeeded", "steps": progress.initial_status()["steps"],
-              "before": {"overall": 60.0, "evalLoss": 2.0}, "after": {"overall": 40.0, "evalLoss": 2.5}}
+              "before": {"overall": 60.0, "weightedOverall": 61.0, "evalLoss": 2.0},
+              "after": {"overall": 40.0, "weightedOverall": 41.0, "evalLoss": 2.5}}
     patch, events = reconcile_status(status, None, [], now=NOW, generation=1, stall_timeout=900)
     cond = next(c for c in patch["conditions"] if c["type"] == "QualityRegressed")
-    assert cond["status"] == "True" and "60.0 -> 40.0" in cond["message"]
+    assert cond["status"] == "True" and "weighted overall quality 61.0 -> 41.0" in cond["message"]
     assert [e.reason for e in events] == ["QualityRegressed"]
+    # Judged on the same number as qualityPoints and XP: a better weighted score is no regression.
+    mixed = {**status, "after": {"overall": 58.0, "weightedOverall": 63.0}}
+    patch, events = reconcile_status(mixed, None, [], now=NOW, generation=1, stall_timeout=900)
+    assert next(c for c in patch["conditions"] if c["type"] == "QualityRegressed")["status"] == "False"
+    assert events == []
 
 
 def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
@@ -153,3 +159,25 @@ def test_spec_drift_ignores_suspend_and_defaults() -> None:
     assert spec_drift(frozen, same_with_defaults) == []
     assert spec_drift(frozen, {**frozen, "lora": {"rank": 16}}) == ["lora"]
     assert spec_drift(frozen, {**frozen, "model": {"hubId": "c/d"}, "queueName": "q"}) == ["model", "queueName"]
+
+
+def test_a_job_about_to_end_does_not_flap_back_to_pending() -> None:
+    gone = _pod("Failed", terminated={"exitCode": 2, "reason": "Error"})
+    failing = observe(_job([{"type": "FailureTarget", "message": "Container trainer for pod x failed with exit "
+                                                                  "code 2 matching FailJob rule at index 0"}]), [gone])
+    assert (failing.phase, failing.reason) == ("Running", "Failing") and "exit code 2" in failing.message
+    succeeding = observe(_job([{"type": "SuccessCriteriaMet"}]), [])
+    assert (succeeding.phase, succeeding.reason) == ("Running", "Finishing")
+
+
+def test_non_finite_numbers_never_reach_the_status() -> None:
+    status = progress.reduce(progress.initial_status(), progress.EvalEvent(step=2, evalLoss=float("nan")))
+    status = progress.reduce(status, progress.MetricsEvent(which="after", scores={"perplexity": float("inf"),
+                                                                                   "overall": 40.0}))
+    assert status["evalLoss"] is None and status["after"] == {"perplexity": None, "overall": 40.0}
+    json.dumps(status, allow_nan=False)  # what the apiserver accepts
+    pod = _pod("Succeeded", terminated={"exitCode": 0, "message": '{"xp": 10, "evalLoss": NaN, "loss": Infinity}'})
+    patch, _ = reconcile_status({"phase": "Running"}, _job([{"type": "Complete"}]), [pod], now=NOW, generation=1,
+                                stall_timeout=900)
+    assert patch["xp"] == 10 and "evalLoss" not in patch and "loss" not in patch
+    json.dumps(patch, allow_nan=False)

@@ -121,7 +121,11 @@ class ProgressCallback(TrainerCallback):
                 eta_seconds=round(elapsed / done * (state.max_steps - state.global_step), 1) if done else None,
             ))
         if "eval_loss" in logs:
-            self.emit(EvalEvent(step=state.global_step, eval_loss=float(logs["eval_loss"])))
+            eval_loss = float(logs["eval_loss"])
+            if not math.isfinite(eval_loss):
+                raise InvalidInput(f"training diverged: eval loss is {eval_loss} at step {state.global_step}; "
+                                   "lower lora.learningRate or check the data")
+            self.emit(EvalEvent(step=state.global_step, eval_loss=eval_loss))
 
     def _check(self, loss: float, state: Any) -> None:
         """NaN/inf, or more than divergenceFactor x the first logged loss (kept across resumes)."""
