@@ -8,7 +8,7 @@ descriptions become the ``kubectl explain`` text.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel, to_snake
@@ -54,6 +54,32 @@ DATASET_SOURCES = ("inline", "configMap", "path", "url", "hubId", "builtin")
 FP16_BF16_MESSAGE = "lora: fp16 and bf16 are mutually exclusive"
 ALL_LINEAR_MESSAGE = "lora: 'all-linear' cannot be combined with other targetModules"
 LLM_JUDGE_MESSAGE = "grader: llmJudge needs endpoint and model"
+# A Kubernetes label value (the Job carries gpuType, queueName and node selector values as labels).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+# The trainer's own mounts (builders): a user volume at, above or below one would collide with or hide it.
+RESERVED_MOUNT_PATHS = ("/output", "/tmp", "/etc/lora", "/var/run/lora")
+RESERVED_MOUNT_MESSAGE = ("volumes: mountPath must not be, contain or lie under "
+                          f"{', '.join(RESERVED_MOUNT_PATHS[:-1])} or {RESERVED_MOUNT_PATHS[-1]} "
+                          "(the trainer's own mounts)")
+UNIQUE_VOLUMES_MESSAGE = "volumes: names and mountPaths must be unique"
+SUB_PATH_MESSAGE = "output: subPath must not contain '..' segments"
+TOLERATION_MESSAGES = (
+    "tolerations: a toleration without a key must use operator Exists",
+    "tolerations: operator Exists takes no value",
+    "tolerations: tolerationSeconds needs effect NoExecute",
+)
+
+
+def _reserved_mount_rule() -> str:
+    reserved = ", ".join(f"'{r}'" for r in RESERVED_MOUNT_PATHS)
+    return (f"![{reserved}].exists(r, self.mountPath == r || self.mountPath.startsWith(r + '/') || "
+            "r.startsWith(self.mountPath.endsWith('/') ? self.mountPath : self.mountPath + '/'))")
+
+
+def _collides_with_reserved(path: str) -> bool:
+    inner = path if path.endswith("/") else path + "/"
+    return any(path == r or path.startswith(r + "/") or r.startswith(inner) for r in RESERVED_MOUNT_PATHS)
 
 
 def _one_of_message(what: str, fields: tuple[str, ...]) -> str:
@@ -71,12 +97,23 @@ def _require_one_of(model: BaseModel, what: str, fields: tuple[str, ...]) -> Non
 class VolumeMount(_Model):
     """A PersistentVolumeClaim mounted into the trainer, e.g. to read a model or data."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [{"rule": _reserved_mount_rule(),
+                                                         "message": RESERVED_MOUNT_MESSAGE}]}
+    )
+
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
                       description="Volume name inside the pod (DNS label).")
     claim_name: str = Field(min_length=1, max_length=253, description="PVC to mount.")
     mount_path: str = Field(pattern=r"^/", max_length=1024,
                             description="Absolute path in the trainer container.")
     read_only: bool = Field(True, description="Mount read-only (inputs should be).")
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> VolumeMount:
+        if _collides_with_reserved(self.mount_path):
+            raise ValueError(RESERVED_MOUNT_MESSAGE)
+        return self
 
 
 class ModelSpec(_Model):
@@ -303,33 +340,67 @@ class EvaluationSpec(_Model):
 
 
 class Toleration(_Model):
+    """A pod toleration, checked like the apiserver checks one in a pod (an invalid one would fail the Job)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                 "message": TOLERATION_MESSAGES[0]},
+                {"rule": "!has(self.value) || self.value == '' || !has(self.operator) || self.operator != 'Exists'",
+                 "message": TOLERATION_MESSAGES[1]},
+                {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                 "message": TOLERATION_MESSAGES[2]},
+            ]
+        }
+    )
+
     key: str | None = Field(None, max_length=316)
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = Field(None, max_length=63)
+    value: LabelValue | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Toleration:
+        broken = [not self.key and self.operator != "Exists", bool(self.value) and self.operator == "Exists",
+                  self.toleration_seconds is not None and self.effect != "NoExecute"]
+        if any(broken):
+            raise ValueError("; ".join(m for m, bad in zip(TOLERATION_MESSAGES, broken, strict=True) if bad))
+        return self
 
 
 class ResourceSpec(_Model):
     gpu: int = Field(1, ge=0, le=16, description="GPUs requested (0 trains on CPU).")
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253,
                                    description="Extended resource name of the GPU.")
-    gpu_type: str | None = Field(None, max_length=128,
-                                 description="Value of the node label nvidia.com/gpu.product to require.")
+    gpu_type: LabelValue | None = Field(
+        None, description="Value of the node label nvidia.com/gpu.product to require, e.g. NVIDIA-A100-SXM4-80GB.")
     cpu: str = Field("2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit.")
     memory: str = Field("8Gi", pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$",
                         description="Memory request and limit.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node selector.")
+    node_selector: dict[str, LabelValue] = Field(default_factory=dict, description="Extra node selector.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
 
 
 class OutputSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "!has(self.subPath) || !self.subPath.matches('(^|/)[.][.](/|$)')", "message": SUB_PATH_MESSAGE}]}
+    )
+
     claim_name: str | None = Field(
         None, max_length=253, description="PVC that receives adapter, merged model and report. Without it "
         "artifacts live in an emptyDir and vanish with the pod (metrics still reach the status).")
     sub_path: str | None = Field(None, max_length=1024,
                                  description="Folder inside the PVC; default <namespace>/<name>.")
     merge: bool = Field(True, description="Also save the adapter merged into the base model.")
+
+    @model_validator(mode="after")
+    def _inside_the_volume(self) -> OutputSpec:
+        if self.sub_path and ".." in self.sub_path.split("/"):
+            raise ValueError(SUB_PATH_MESSAGE)
+        return self
 
 
 class RuntimeSpec(_Model):
@@ -346,6 +417,13 @@ class RuntimeSpec(_Model):
 class LoraTrainingJobSpec(_Model):
     """What to train. Immutable once the Job exists, except ``suspend`` (see docs/api.md)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [{
+            "rule": "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name) && "
+                    "self.volumes.exists_one(w, w.mountPath == v.mountPath))",
+            "message": UNIQUE_VOLUMES_MESSAGE}]}
+    )
+
     model: ModelSpec
     datasets: list[DatasetSource] = Field(min_length=1, max_length=32, description="Training data sources.")
     data: DataRefinement = Field(default_factory=DataRefinement)
@@ -358,9 +436,15 @@ class LoraTrainingJobSpec(_Model):
     output: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     suspend: bool = Field(False, description="Suspend the Job (frees the GPU); false resumes it.")
-    queue_name: str | None = Field(
-        None, max_length=253,
-        description="Kueue LocalQueue; the Job is created suspended and admitted by Kueue.")
+    queue_name: LabelValue | None = Field(
+        None, description="Kueue LocalQueue; the Job is created suspended and admitted by Kueue.")
+
+    @model_validator(mode="after")
+    def _unique_volumes(self) -> LoraTrainingJobSpec:
+        names, paths = [v.name for v in self.volumes], [v.mount_path for v in self.volumes]
+        if len(set(names)) != len(names) or len(set(paths)) != len(paths):
+            raise ValueError(UNIQUE_VOLUMES_MESSAGE)
+        return self
 
 
 # -------------------------------------------------------------------------------- status

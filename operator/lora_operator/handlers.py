@@ -6,6 +6,7 @@ Logic lives in ``builders`` (spec -> objects) and ``status`` (Job/Pods -> status
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import threading
@@ -69,6 +70,10 @@ def _patch_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
         api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch})
 
 
+class ChildRejected(Exception):
+    """The apiserver refused a child built from this spec as invalid: retrying the same spec cannot help."""
+
+
 def _create(obj: dict[str, Any], namespace: str, owner_uid: str) -> None:
     """Create, or accept an existing object we own: an operator restart creates nothing twice."""
     client = kubernetes.client.ApiClient()
@@ -76,6 +81,12 @@ def _create(obj: dict[str, Any], namespace: str, owner_uid: str) -> None:
         kubernetes.utils.create_from_dict(client, obj, namespace=namespace)
     except kubernetes.utils.FailToCreateError as err:
         exc = err.api_exceptions[0]
+        if exc.status == 422:
+            try:
+                detail = json.loads(exc.body).get("message") or exc.body
+            except (TypeError, ValueError):
+                detail = exc.body
+            raise ChildRejected(f"the {obj['kind']} built from this spec is invalid: {detail}") from err
         if exc.status != 409:
             raise kopf.TemporaryError(f"creating {obj['kind']} {obj['metadata']['name']}: {exc.reason}: "
                                       f"{exc.body}", delay=10) from err
@@ -105,22 +116,20 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
     """Validate the spec and create the run's children (idempotent)."""
     if status.get("phase") in TERMINAL:
         return
-    generation = meta.get("generation")
     try:
         parsed = api.LoraTrainingJobSpec.model_validate(dict(spec))
-    except ValidationError as err:
-        message = describe_validation_error(err)
+        for obj in builders.children(name, namespace, parsed, CONFIG):
+            kopf.append_owner_reference(obj, owner=body)
+            kopf.adjust_namespace(obj, namespace=namespace)
+            _create(obj, namespace, meta["uid"])
+    except (ValidationError, ChildRejected) as err:
+        message = describe_validation_error(err) if isinstance(err, ValidationError) else str(err)
         conds = set_condition(list(status.get("conditions") or []), "Failed", "True", "InvalidSpec",
-                              message, _now_s(), generation)
+                              message, _now_s(), meta.get("generation"))
         _patch_status(namespace, name, {"phase": "Failed", "message": message, "conditions": conds,
-                                        "observedGeneration": generation})
+                                        "observedGeneration": meta.get("generation")})
         kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
         raise kopf.PermanentError(message) from err
-
-    for obj in builders.children(name, namespace, parsed, CONFIG):
-        kopf.append_owner_reference(obj, owner=body)
-        kopf.adjust_namespace(obj, namespace=namespace)
-        _create(obj, namespace, meta["uid"])
     job = builders.job_name(name)
     logger.info("training Job %s is in place", job)
     if status.get("jobName") != job:
@@ -139,7 +148,13 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
             builders.job_name(name), namespace, {"spec": {"suspend": suspend}})
         kopf.event(body, type="Normal", reason="Suspended" if suspend else "Resumed",
                    message=f"Job {builders.job_name(name)} {'suspended' if suspend else 'resumed'}")
-    frozen = kubernetes.client.CoreV1Api().read_namespaced_config_map(builders.spec_configmap_name(name), namespace)
+    try:
+        frozen = kubernetes.client.CoreV1Api().read_namespaced_config_map(
+            builders.spec_configmap_name(name), namespace)
+    except ApiException as err:
+        if err.status == 404:  # no run was started (an invalid spec): there is nothing to compare with
+            return
+        raise
     drift = spec_drift(yaml.safe_load(frozen.data["spec.yaml"]), new)
     was_ignored = any(c.get("type") == "SpecChangeIgnored" and c.get("status") == "True"
                       for c in status.get("conditions") or [])

@@ -49,8 +49,26 @@ BAD_SPECS = [
     ("relative dataset path", _with("spec.datasets", [{"path": "data.jsonl"}]), "spec.datasets[0].path"),
     ("configMap key with a slash", _with("spec.datasets", [{"configMap": {"name": "d", "key": "../x"}}]),
      "spec.datasets[0].configMap.key"),
+    ("toleration without a key", _with("spec.resources", {"tolerations": [{"effect": "NoSchedule"}]}),
+     "tolerations: a toleration without a key must use operator Exists"),
+    ("Exists toleration with a value", _with("spec.resources", {"tolerations": [
+        {"key": "gpu", "operator": "Exists", "value": "yes"}]}), "tolerations: operator Exists takes no value"),
+    ("tolerationSeconds without NoExecute", _with("spec.resources", {"tolerations": [
+        {"key": "gpu", "value": "a", "tolerationSeconds": 30}]}), "tolerationSeconds needs effect NoExecute"),
+    ("gpuType not a label value", _with("spec.resources", {"gpuType": "NVIDIA A100"}), "spec.resources.gpuType"),
+    ("queueName too long for a label", _with("spec.queueName", "q" * 64), "spec.queueName"),
+    ("volume over the output mount", _with("spec.volumes", [{"name": "m", "claimName": "c", "mountPath": "/output"}]),
+     "the trainer's own mounts"),
+    ("volume hiding /etc", _with("spec.volumes", [{"name": "m", "claimName": "c", "mountPath": "/etc"}]),
+     "the trainer's own mounts"),
+    ("two volumes at one path", _with("spec.volumes", [{"name": "a", "claimName": "c", "mountPath": "/models"},
+                                                       {"name": "b", "claimName": "d", "mountPath": "/models"}]),
+     "volumes: names and mountPaths must be unique"),
+    ("output subPath escaping the volume", _with("spec.output", {"subPath": "runs/../../tmp"}),
+     "output: subPath must not contain '..' segments"),
     ("name too long", _with("spec.suspend", False, name="x" * 60), "metadata.name must be at most 56"),
 ]
+SPEC_CASES = [c for c in BAD_SPECS if c[0] != "name too long"]
 
 def test_valid_spec_is_accepted_with_defaults(kubectl, crds, module_namespace) -> None:
     kubectl.apply(VALID, module_namespace)

@@ -99,3 +99,24 @@ def test_unschedulable_run_is_pending_with_the_scheduler_message(kubectl, operat
     status = wait_for("Pending with the scheduler's reason", pending, timeout=90)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["reason"] == "Unschedulable"
+
+
+def test_a_spec_whose_job_the_apiserver_refuses_fails_as_invalid_spec(kubectl, operator, namespace) -> None:
+    """Node selector keys are not checked by the CRD; the Job built from one is, and its 422 is final."""
+    kubectl.apply(_ltj("epsilon", resources={"gpu": 1, "nodeSelector": {"not a valid/label/key": "x"}}), namespace)
+
+    def failed():
+        s = kubectl.status(namespace, "epsilon")
+        return s if s.get("phase") == "Failed" else [False, s.get("phase"), s.get("message")]
+
+    status = wait_for("Failed", failed, timeout=60)
+    assert status["message"].startswith("the Job built from this spec is invalid: ")
+    assert "nodeSelector" in status["message"], status["message"]
+    cond = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert cond["status"] == "True" and cond["reason"] == "InvalidSpec"
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=epsilon")
+    assert "InvalidSpec" in events and "Warning" in events
+    assert not _jobs(kubectl, namespace)
+    # Editing a failed run changes nothing and does not loop on errors.
+    kubectl("patch", "ltj", "epsilon", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    assert kubectl.status(namespace, "epsilon")["phase"] == "Failed"

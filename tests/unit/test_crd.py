@@ -2,9 +2,13 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
-from lora_operator import api, crd
+from lora_operator import api, builders, crd
+from lora_operator.validation import describe_validation_error
+from tests.integration.test_crd_validation import SPEC_CASES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,3 +58,31 @@ def test_spec_defaults_match_pydantic_defaults() -> None:
     assert lora["targetModules"]["default"] == defaults.target_modules
     assert lora["alpha"]["exclusiveMinimum"] is True
     assert yaml.safe_load(crd.render())["metadata"]["name"] == f"{api.PLURAL}.{api.GROUP}"
+
+
+@pytest.mark.parametrize(("case", "manifest", "expected"), SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
+def test_the_models_reject_what_the_apiserver_rejects(case: str, manifest: dict, expected: str) -> None:
+    """The same bad specs as tests/integration/test_crd_validation.py, checked in Python (the trainer CLI and
+    the operator's own check): rejected, and with the same message where the CRD's is one of ours (CEL)."""
+    with pytest.raises(ValidationError) as err:
+        api.LoraTrainingJobSpec.model_validate(manifest["spec"])
+    if not expected.startswith("spec.") and "Unsupported value" not in expected:
+        assert expected in describe_validation_error(err.value), case
+
+
+def test_valid_volumes_tolerations_and_labels_pass() -> None:
+    spec = api.LoraTrainingJobSpec.model_validate({
+        "model": {"path": "/models/m"}, "datasets": [{"path": "/data/x.jsonl"}],
+        "volumes": [{"name": "models", "claimName": "m", "mountPath": "/models"},
+                    {"name": "data", "claimName": "d", "mountPath": "/etc/lora-data"}],
+        "resources": {"gpuType": "NVIDIA-A100-SXM4-80GB", "tolerations": [
+            {"operator": "Exists"},
+            {"key": "gpu", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
+            {"key": "team", "value": "ml"}]},
+        "output": {"subPath": "runs/v1..2"}, "queueName": "team-a",
+    })
+    job = builders.job("ok", "ns", spec, builders.OperatorConfig())
+    mounts = [m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]]
+    assert len(set(mounts)) == len(mounts)
+    ours = [m for m in mounts if m not in ("/models", "/etc/lora-data")]
+    assert all(any(m == r or m.startswith(r + "/") for r in api.RESERVED_MOUNT_PATHS) for m in ours), ours
