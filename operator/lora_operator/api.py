@@ -57,10 +57,11 @@ LLM_JUDGE_MESSAGE = "grader: llmJudge needs endpoint and model"
 # A Kubernetes label value (the Job carries gpuType, queueName and node selector values as labels).
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
-# The trainer's own mounts (builders): a user volume at, above or below one would collide with or hide it.
-RESERVED_MOUNT_PATHS = ("/output", "/tmp", "/etc/lora", "/var/run/lora")
-RESERVED_MOUNT_MESSAGE = ("volumes: mountPath must not be, contain or lie under "
-                          f"{', '.join(RESERVED_MOUNT_PATHS[:-1])} or {RESERVED_MOUNT_PATHS[-1]} "
+# The trainer's own mounts (builders): a user volume cannot take the place of one, nor sit inside the
+# read-only ones (the mount point could not be created there). Nested in /tmp or /output is fine.
+OWN_MOUNT_PATHS = ("/", "/output", "/tmp")
+READ_ONLY_MOUNT_ROOTS = ("/etc/lora", "/var/run/lora")
+RESERVED_MOUNT_MESSAGE = ("volumes: mountPath must not be /, /output or /tmp, nor lie in /etc/lora or /var/run/lora "
                           "(the trainer's own mounts)")
 UNIQUE_VOLUMES_MESSAGE = "volumes: names and mountPaths must be unique"
 SUB_PATH_MESSAGE = "output: subPath must not contain '..' segments"
@@ -72,14 +73,14 @@ TOLERATION_MESSAGES = (
 
 
 def _reserved_mount_rule() -> str:
-    reserved = ", ".join(f"'{r}'" for r in RESERVED_MOUNT_PATHS)
-    return (f"![{reserved}].exists(r, self.mountPath == r || self.mountPath.startsWith(r + '/') || "
-            "r.startsWith(self.mountPath.endsWith('/') ? self.mountPath : self.mountPath + '/'))")
+    own = ", ".join(f"'{r}'" for r in OWN_MOUNT_PATHS)
+    roots = ", ".join(f"'{r}'" for r in READ_ONLY_MOUNT_ROOTS)
+    return (f"!(self.mountPath in [{own}]) && "
+            f"![{roots}].exists(r, self.mountPath == r || self.mountPath.startsWith(r + '/'))")
 
 
 def _collides_with_reserved(path: str) -> bool:
-    inner = path if path.endswith("/") else path + "/"
-    return any(path == r or path.startswith(r + "/") or r.startswith(inner) for r in RESERVED_MOUNT_PATHS)
+    return path in OWN_MOUNT_PATHS or any(path == r or path.startswith(r + "/") for r in READ_ONLY_MOUNT_ROOTS)
 
 
 def _one_of_message(what: str, fields: tuple[str, ...]) -> str:

@@ -167,7 +167,9 @@ def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, A
         if ds.config_map and ds.config_map.name not in seen_cms:
             seen_cms.add(ds.config_map.name)
             vol = f"dataset-{hashlib.sha256(ds.config_map.name.encode()).hexdigest()[:10]}"
-            volumes.append({"name": vol, "configMap": {"name": ds.config_map.name}})
+            # Optional: a missing ConfigMap would otherwise hold the pod (and its GPU) in ContainerCreating
+            # until the deadline; mounted empty, the trainer fails at once naming the ConfigMap (exit code 2).
+            volumes.append({"name": vol, "configMap": {"name": ds.config_map.name, "optional": True}})
             mounts.append({"name": vol, "mountPath": f"{DATASET_CM_MOUNT}/{ds.config_map.name}",
                            "readOnly": True})
     for vm in spec.volumes:

@@ -142,18 +142,26 @@ def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, ti
         kubectl("get", "jobs,pods", "-n", namespace, "-o", "yaml"))["items"], timeout=90)
 
 
-def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, namespace, tiny_model_pvc):
-    kubectl.apply(_pvc("artifacts"), namespace)
+@pytest.mark.parametrize(("overrides", "says"), [
     # Every item is shorter than minTextLength: the dataset ends up empty, which no retry can fix.
-    spec = _tiny_run("broken", tiny_model_pvc, data={"minTextLength": 5000}, runtime={"backoffLimit": 3})
-    kubectl.apply(spec, namespace)
+    ({"data": {"minTextLength": 5000}}, "no usable training items"),
+    # A ConfigMap that does not exist: the pod starts anyway (optional volume) and the trainer names it,
+    # instead of the pod waiting in ContainerCreating, holding its GPU, until the deadline.
+    ({"datasets": [{"configMap": {"name": "handbook-data", "key": "data.jsonl"}}]},
+     "is key 'data.jsonl' in ConfigMap 'handbook-data'"),
+], ids=["empty-after-refining", "missing-configmap"])
+def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, namespace, tiny_model_pvc,
+                                                             overrides, says):
+    kubectl.apply(_pvc("artifacts"), namespace)
+    kubectl.apply(_tiny_run("broken", tiny_model_pvc, runtime={"backoffLimit": 3}, **overrides), namespace)
+
     def failed():
         s = kubectl.status(namespace, "broken")
         return s if s.get("phase") == "Failed" else [False, s.get("phase"), s.get("message"), s.get("stepSummary")]
 
     status = wait_for("Failed", failed, timeout=180)
     assert "exit code 2" in status["message"], status["message"]
-    assert "dataset" in status["message"].lower()
+    assert says in status["message"], status["message"]
     failed = next(s for s in status["steps"] if s["state"] == "Failed")
     assert failed["name"] == "datasets"
     jobs = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]

@@ -80,7 +80,7 @@ def test_output_pvc_and_dataset_configmaps_are_mounted() -> None:
     assert vols["output"]["persistentVolumeClaim"] == {"claimName": "artifacts"}
     assert pod["containers"][0]["command"][-1] == "/output/runs/x"
     cm_vols = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "qa"]
-    assert len(cm_vols) == 1
+    assert len(cm_vols) == 1 and cm_vols[0]["configMap"]["optional"] is True  # missing: the trainer says so
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["/etc/lora/datasets/qa"]["readOnly"] is True
     assert mounts["/models"]["readOnly"] is True

@@ -74,7 +74,8 @@ def test_valid_volumes_tolerations_and_labels_pass() -> None:
     spec = api.LoraTrainingJobSpec.model_validate({
         "model": {"path": "/models/m"}, "datasets": [{"path": "/data/x.jsonl"}],
         "volumes": [{"name": "models", "claimName": "m", "mountPath": "/models"},
-                    {"name": "data", "claimName": "d", "mountPath": "/etc/lora-data"}],
+                    {"name": "data", "claimName": "d", "mountPath": "/etc/lora-data"},
+                    {"name": "scratch", "claimName": "s", "mountPath": "/tmp/scratch"}],
         "resources": {"gpuType": "NVIDIA-A100-SXM4-80GB", "tolerations": [
             {"operator": "Exists"},
             {"key": "gpu", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
@@ -84,5 +85,6 @@ def test_valid_volumes_tolerations_and_labels_pass() -> None:
     job = builders.job("ok", "ns", spec, builders.OperatorConfig())
     mounts = [m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]]
     assert len(set(mounts)) == len(mounts)
-    ours = [m for m in mounts if m not in ("/models", "/etc/lora-data")]
-    assert all(any(m == r or m.startswith(r + "/") for r in api.RESERVED_MOUNT_PATHS) for m in ours), ours
+    ours = [m for m in mounts if m not in ("/models", "/etc/lora-data", "/tmp/scratch")]
+    reserved = (*api.OWN_MOUNT_PATHS, *api.READ_ONLY_MOUNT_ROOTS)
+    assert all(any(m == r or m.startswith(r + "/") for r in reserved) for m in ours), ours
