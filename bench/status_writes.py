@@ -39,7 +39,8 @@ def _kubectl(cp: ControlPlane, *args: str, stdin: str | None = None) -> str:
 def _prepare(cp: ControlPlane, name: str, token_dir: Path) -> None:
     manifest = {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": {"name": name},
                 "spec": {"model": {"hubId": "a/b"}, "datasets": [{"builtin": "minion-handbook"}], "suspend": True}}
-    objs = [manifest, builders.service_account(name), builders.status_role(name), builders.status_role_binding(name)]
+    objs = [manifest, builders.service_account(name, builders.OperatorConfig()), builders.status_role(name),
+            builders.status_role_binding(name)]
     _kubectl(cp, "apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump_all(objs))
     cp.write_token_dir("default", builders.service_account_name(name), token_dir)
 

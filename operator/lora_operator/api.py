@@ -302,8 +302,9 @@ class EvalQuery(_Model):
 
 
 class SecretKeyRef(_Model):
-    name: str = Field(min_length=1, max_length=253)
-    key: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                      description="Secret in the job's namespace.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret.")
 
 
 class GraderSpec(_Model):
@@ -433,6 +434,9 @@ class LoraTrainingJobSpec(_Model):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     volumes: list[VolumeMount] = Field(default_factory=list, max_length=16,
                                        description="PVCs mounted into the trainer (models, data).")
+    hub_token_secret: SecretKeyRef | None = Field(
+        None, description="Secret key holding a Hugging Face token, for gated or private hub models and datasets "
+        "(given to the trainer as $HF_TOKEN; the operator never reads it).")
     image: str | None = Field(None, max_length=512, description="Trainer image; default from the operator.")
     output: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)

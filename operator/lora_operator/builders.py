@@ -39,6 +39,10 @@ class OperatorConfig:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     run_as_user: int = 1000
+    # Secrets to pull a trainer image from a private registry, by name, in each run's namespace.
+    image_pull_secrets: list[str] = field(default_factory=list)
+    # On each run's ServiceAccount, e.g. a cloud workload identity to read models from a bucket.
+    service_account_annotations: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -50,6 +54,8 @@ class OperatorConfig:
             node_selector=json.loads(env.get("LORA_TRAINER_NODE_SELECTOR", "{}")),
             tolerations=json.loads(env.get("LORA_TRAINER_TOLERATIONS", "[]")),
             run_as_user=int(env.get("LORA_TRAINER_RUN_AS_USER", default.run_as_user)),
+            image_pull_secrets=json.loads(env.get("LORA_TRAINER_IMAGE_PULL_SECRETS", "[]")),
+            service_account_annotations=json.loads(env.get("LORA_TRAINER_SERVICE_ACCOUNT_ANNOTATIONS", "{}")),
         )
 
 
@@ -92,11 +98,14 @@ def spec_configmap(name: str, spec: api.LoraTrainingJobSpec) -> dict[str, Any]:
     }
 
 
-def service_account(name: str) -> dict[str, Any]:
+def service_account(name: str, cfg: OperatorConfig) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": service_account_name(name), "labels": labels(name)}
+    if cfg.service_account_annotations:
+        metadata["annotations"] = dict(cfg.service_account_annotations)
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {"name": service_account_name(name), "labels": labels(name)},
+        "metadata": metadata,
         "automountServiceAccountToken": False,
     }
 
@@ -195,6 +204,9 @@ def _env(name: str, spec: api.LoraTrainingJobSpec) -> list[dict[str, Any]]:
     if spec.evaluation.grader.type == "llmJudge" and secret:
         env.append({"name": "LORA_JUDGE_API_KEY",
                     "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+    if spec.hub_token_secret:
+        token = spec.hub_token_secret
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
     return env
 
 
@@ -267,6 +279,8 @@ def job(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorC
         "volumes": volumes,
         **_scheduling(spec, cfg),
     }
+    if cfg.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in cfg.image_pull_secrets]
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.runtime.backoff_limit,
         "activeDeadlineSeconds": spec.runtime.active_deadline_seconds,
@@ -296,7 +310,7 @@ def children(
 ) -> list[dict[str, Any]]:
     """Everything one run needs, in creation order (the Job last: it needs the rest)."""
     return [
-        service_account(name),
+        service_account(name, cfg),
         status_role(name),
         status_role_binding(name),
         spec_configmap(name, spec),

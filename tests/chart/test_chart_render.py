@@ -96,7 +96,8 @@ def test_values_reach_the_operator_config(render: Render, tmp_path: Path) -> Non
         "image": {"repository": "registry.local/operator", "tag": "v1", "pullPolicy": "Never"},
         # A UID of 7 digits: Helm reads YAML numbers as floats, which print as 2e+06 unless cast.
         "trainer": {"image": {"repository": "registry.local/trainer", "tag": "v9", "pullPolicy": "Always"},
-                    "nodeSelector": {"pool": "gpu"}, "tolerations": tolerations, "runAsUser": 2000000},
+                    "nodeSelector": {"pool": "gpu"}, "tolerations": tolerations, "runAsUser": 2000000,
+                    "imagePullSecrets": ["regcred"], "serviceAccountAnnotations": {"example.com/role": "trainer"}},
         "syncIntervalSeconds": 7,
         "verbose": True,
     }
@@ -105,7 +106,8 @@ def test_values_reach_the_operator_config(render: Render, tmp_path: Path) -> Non
     env = _env(deploy)
     assert builders.OperatorConfig.from_env(env) == builders.OperatorConfig(
         trainer_image="registry.local/trainer:v9", image_pull_policy="Always", node_selector={"pool": "gpu"},
-        tolerations=tolerations, run_as_user=2000000)
+        tolerations=tolerations, run_as_user=2000000, image_pull_secrets=["regcred"],
+        service_account_annotations={"example.com/role": "trainer"})
     assert env["LORA_SYNC_INTERVAL_SECONDS"] == "7"
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.local/operator:v1" and container["imagePullPolicy"] == "Never"

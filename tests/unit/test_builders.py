@@ -108,6 +108,23 @@ def test_children_are_created_job_last_and_judge_key_comes_from_a_secret() -> No
     assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
     env = {e["name"]: e for e in _pod(builders.job("demo", "ns", spec, CFG))["containers"][0]["env"]}
     assert env["LORA_JUDGE_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "judge", "key": "token"}
+    assert "HF_TOKEN" not in env
+
+
+def test_hub_token_pull_secrets_and_workload_identity() -> None:
+    spec = _spec(hubTokenSecret={"name": "hf", "key": "token"})
+    cfg = builders.OperatorConfig.from_env({
+        "LORA_TRAINER_IMAGE_PULL_SECRETS": '["regcred"]',
+        "LORA_TRAINER_SERVICE_ACCOUNT_ANNOTATIONS": '{"iam.gke.io/gcp-service-account": "t@p.iam.gserviceaccount.com"}',
+    })
+    pod = _pod(builders.job("demo", "ns", spec, cfg))
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    account = builders.service_account("demo", cfg)
+    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": "t@p.iam.gserviceaccount.com"}
+    assert "imagePullSecrets" not in _pod(builders.job("demo", "ns", _spec(), CFG))
+    assert "annotations" not in builders.service_account("demo", CFG)["metadata"]
 
 
 def test_operator_config_from_env() -> None:
