@@ -89,13 +89,22 @@ class ReportEvent(_Event):
     artifacts: Artifacts
 
 
+class NoteEvent(_Event):
+    """News within an Active step ("graded 12/40 answers"): the step's message, and proof of progress for
+    the Stalled condition in steps that log no training steps."""
+
+    type: Literal["note"] = "note"
+    index: int = Field(ge=0, lt=len(PIPELINE_STEPS))
+    message: str
+
+
 class FailureEvent(_Event):
     type: Literal["failure"] = "failure"
     message: str
 
 
 TrainerEvent = Annotated[
-    StepEvent | TrainEvent | EvalEvent | MetricsEvent | ReportEvent | FailureEvent,
+    StepEvent | NoteEvent | TrainEvent | EvalEvent | MetricsEvent | ReportEvent | FailureEvent,
     Field(discriminator="type"),
 ]
 _EVENT = TypeAdapter(TrainerEvent)
@@ -165,8 +174,7 @@ def reduce(status: dict[str, Any], event: TrainerEvent) -> dict[str, Any]:
     if isinstance(event, StepEvent):
         step = new["steps"][event.index]
         if event.state == "Active":
-            if step["state"] != "Active":  # an Active step made Active again only gets a new message
-                step["startTime"] = event.time
+            step["startTime"] = event.time
             step.pop("endTime", None)
         else:
             step.setdefault("startTime", event.time)
@@ -178,6 +186,8 @@ def reduce(status: dict[str, Any], event: TrainerEvent) -> dict[str, Any]:
             new["currentStep"] = event.index
             new["stepName"] = PIPELINE_STEPS[event.index]
             new["stepSummary"] = f"{event.index}/{len(PIPELINE_STEPS) - 1} {PIPELINE_STEPS[event.index]}"
+    elif isinstance(event, NoteEvent):
+        new["steps"][event.index]["message"] = event.message[:1024]
     elif isinstance(event, TrainEvent):
         new.update(trainingStep=event.step, trainingTotalSteps=event.total_steps, loss=round(event.loss, 6))
         if event.learning_rate is not None:

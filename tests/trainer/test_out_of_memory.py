@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import Trainer
 
-from lora_operator.progress import StepEvent, TrainEvent
+from lora_operator.progress import NoteEvent, TrainEvent
 from lora_trainer.steps import training
 from lora_trainer.steps.training import is_out_of_memory, use_less_memory
 from tests.trainer.conftest import tiny_spec
@@ -41,9 +41,8 @@ def _gpu_fitting(monkeypatch: pytest.MonkeyPatch, items: int, after: int = 0) ->
 
 
 def _notes(recorder: Any) -> list[str]:
-    """Messages of the training step while it is Active (the out-of-memory notes)."""
-    return [e.message for e in recorder.events
-            if isinstance(e, StepEvent) and e.index == TRAINING and e.state == "Active" and e.message]
+    """The training step's notes while it runs (the out-of-memory ones)."""
+    return [e.message for e in recorder.events if isinstance(e, NoteEvent) and e.index == TRAINING]
 
 
 def test_the_ladder_keeps_the_items_per_step_and_ends() -> None:

@@ -19,6 +19,7 @@ from lora_operator.progress import (
     EvalEvent,
     FailureEvent,
     MetricsEvent,
+    NoteEvent,
     ReportEvent,
     StepEvent,
     TrainerEvent,
@@ -292,3 +293,10 @@ def test_a_full_output_volume_fails_before_training(tiny_model: Path, tmp_path: 
     assert step["message"].startswith(f"the output volume has 0.001 MB free at {tmp_path} but this run writes about")
     assert "lower lora.saveTotalLimit, or set output.merge: false" in step["message"]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_grading_steps_report_each_answer(finished: Run) -> None:
+    """Progress inside the long generation steps, so a slow but healthy run is not taken for Stalled."""
+    notes = [(e.index, e.message) for e in finished.recorder.events if isinstance(e, NoteEvent)]
+    assert notes == [(i, f"{n}/4 answers generated") for i in (0, 8) for n in range(1, 5)]
+    assert "   3/4 answers generated" in finished.console

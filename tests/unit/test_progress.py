@@ -75,14 +75,16 @@ def test_final_summary_fits_the_termination_message() -> None:
     assert summary["loss"] == status["loss"]  # the important fields survive the cut
 
 
-def test_an_active_step_made_active_again_keeps_its_start_and_takes_the_message() -> None:
-    status = progress.reduce(progress.initial_status(), progress.StepEvent(index=4, state="Active",
+def test_a_note_updates_the_running_step_and_counts_as_progress() -> None:
+    status = progress.reduce(progress.initial_status(), progress.StepEvent(index=0, state="Active",
                                                                           time="2026-01-01T00:00:00Z"))
-    status = progress.reduce(status, progress.StepEvent(index=4, state="Active", message="out of GPU memory: ...",
+    status = progress.reduce(status, progress.NoteEvent(index=0, message="graded 3/11 answers",
                                                         time="2026-01-01T00:05:00Z"))
-    step = status["steps"][4]
+    step = status["steps"][0]
     assert (step["state"], step["startTime"], step["message"]) == ("Active", "2026-01-01T00:00:00Z",
-                                                                   "out of GPU memory: ...")
+                                                                   "graded 3/11 answers")
+    assert status["lastProgressTime"] == "2026-01-01T00:05:00Z"
+    assert progress.parse_event(progress.dump_event(progress.NoteEvent(index=0, message="x"))).message == "x"
 
 
 def test_training_that_starts_again_replaces_the_loss_points_it_repeats() -> None:

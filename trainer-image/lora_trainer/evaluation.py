@@ -8,7 +8,7 @@ before and after are measured on exactly the same items.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
@@ -82,9 +82,10 @@ class GradedRun:
 
 def grade_model(
     model: Any, tokenizer: Any, items: Sequence[EvalItem], generation: GenerationSettings, grader: Grader,
-    context: int, seed: int,
+    context: int, seed: int, on_answer: Callable[[int], None] | None = None,
 ) -> GradedRun:
-    """Generate an answer per item (timed) and grade it (not timed).
+    """Generate an answer per item (timed) and grade it (not timed); ``on_answer`` hears how many
+    answers are done after each one (generation is most of the time of the steps that grade).
 
     One discarded warm-up answer first: the first ``generate`` pays one-time costs (kernel selection,
     allocator growth) that would otherwise be billed to whichever model is graded first."""
@@ -92,7 +93,11 @@ def grade_model(
         generate(model, tokenizer, items[0].prompt_text,
                  generation.model_copy(update={"max_new_tokens": WARMUP_NEW_TOKENS}), context)
     torch.manual_seed(seed)
-    answers = [generate(model, tokenizer, item.prompt_text, generation, context) for item in items]
+    answers = []
+    for item in items:
+        answers.append(generate(model, tokenizer, item.prompt_text, generation, context))
+        if on_answer:
+            on_answer(len(answers))
     grades = [grader.grade(i.query, a.text, i.reference, i.keywords) for i, a in zip(items, answers, strict=True)]
     records = [
         {"item": i.label, "query": i.query, "reference": i.reference, "answer": a.text,

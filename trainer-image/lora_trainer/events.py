@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ from lora_operator.progress import (
     EvalEvent,
     FailureEvent,
     MetricsEvent,
+    NoteEvent,
     StepEvent,
     TrainerEvent,
     TrainEvent,
@@ -50,11 +52,13 @@ class Emitter:
     def __init__(self, sinks: Iterable[Sink]) -> None:
         self.sinks = list(sinks)
         self.status: dict[str, Any] = initial_status()
+        self._lock = threading.Lock()  # notes may come from a watcher thread (``growth``)
 
     def emit(self, event: TrainerEvent) -> None:
-        self.status = reduce(self.status, event)
-        for sink in self.sinks:
-            sink.emit(event, self.status)
+        with self._lock:
+            self.status = reduce(self.status, event)
+            for sink in self.sinks:
+                sink.emit(event, self.status)
 
     def close(self) -> dict[str, Any]:
         for sink in self.sinks:
@@ -166,8 +170,8 @@ class ConsoleSink:
         if isinstance(event, TrainEvent):
             self._tokens_per_second = event.tokens_per_second
         if isinstance(event, StepEvent):
-            if event.state == "Active":  # Active again (a new message) keeps the step's start
-                self._started.setdefault(event.index, time.monotonic())
+            if event.state == "Active":
+                self._started[event.index] = time.monotonic()
             elif event.index in self._started:
                 self._durations[event.index] = time.monotonic() - self._started[event.index]
         if self.live:
@@ -176,6 +180,8 @@ class ConsoleSink:
             self._write([self._step_line(event.index)])
         elif isinstance(event, TrainEvent):
             self._write(["   " + (progress_bar(self.status, self._tokens_per_second) or "")])
+        elif isinstance(event, NoteEvent):
+            self._write([f"   {event.message}"])
         elif isinstance(event, EvalEvent):
             self._write([f"   eval loss {event.eval_loss:.4f} at step {event.step}"])
         elif isinstance(event, MetricsEvent):

@@ -31,7 +31,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 
 from lora_operator.api import PIPELINE_STEPS
-from lora_operator.progress import EvalEvent, StepEvent, TrainerEvent, TrainEvent
+from lora_operator.progress import EvalEvent, NoteEvent, TrainerEvent, TrainEvent
 from lora_trainer.context import RunContext
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.events import format_duration
@@ -203,7 +203,7 @@ def run(ctx: RunContext) -> str:
             note = (f"out of GPU memory: {change}; continuing from "
                     f"{restart.name if restart else 'the start'}")
             print(f"lora-trainer: {note} ({err})", file=sys.stderr)
-            ctx.emit(StepEvent(index=PIPELINE_STEPS.index("training"), state="Active", message=note))
+            ctx.emit(NoteEvent(index=PIPELINE_STEPS.index("training"), message=note))
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
