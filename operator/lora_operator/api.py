@@ -408,7 +408,8 @@ class OutputSpec(_Model):
 class RuntimeSpec(_Model):
     active_deadline_seconds: int = Field(86400, ge=60, description="Hard wall-clock limit of the Job.")
     backoff_limit: int = Field(2, ge=0, le=20,
-                               description="Pod retries; a retry resumes from the newest checkpoint.")
+                               description="Pod retries; a retry resumes from the newest checkpoint "
+                               "(on an output.claimName volume; an emptyDir output starts over).")
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the finished Job (not this resource) after this long.")
     stall_timeout_seconds: int = Field(900, ge=30,

@@ -116,6 +116,9 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
     """Validate the spec and create the run's children (idempotent)."""
     if status.get("phase") in TERMINAL:
         return
+    if status.get("jobName"):  # created before: never again, even if it is gone (status.job_gone)
+        sync(namespace, name)
+        return
     try:
         parsed = api.LoraTrainingJobSpec.model_validate(dict(spec))
         for obj in builders.children(name, namespace, parsed, CONFIG):
@@ -142,7 +145,13 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
                  meta: kopf.Meta, **_: Any) -> None:
     """Only ``suspend`` reaches a running Job; other edits are reported, not applied."""
     old, new = dict(old or {}), dict(new or {})
-    if old.get("suspend") != new.get("suspend") and status.get("phase") not in TERMINAL:
+    if old.get("suspend") != new.get("suspend") and status.get("phase") not in TERMINAL and new.get("queueName"):
+        # Kueue owns Job.spec.suspend of a queued run: unsuspending it here would skip admission.
+        kopf.event(body, type="Warning", reason="SuspendIgnored", message=(
+            "spec.suspend of a queued run (queueName) is not applied: Kueue admits and suspends its Job; "
+            "to pause it, deactivate its Workload (kubectl patch workload NAME --type=merge "
+            "-p '{\"spec\":{\"active\":false}}')"))
+    elif old.get("suspend") != new.get("suspend") and status.get("phase") not in TERMINAL:
         suspend = bool(new.get("suspend"))
         kubernetes.client.BatchV1Api().patch_namespaced_job(
             builders.job_name(name), namespace, {"spec": {"suspend": suspend}})

@@ -211,6 +211,19 @@ def _stalled(status: dict[str, Any], phase: str, now: datetime, timeout: int) ->
     return False, f"last progress {int(idle)}s ago"
 
 
+def job_gone(status: dict[str, Any]) -> Observation:
+    """The run's Job existed and is gone before the operator saw it end: deleted by hand, or removed by
+    ttlSecondsAfterFinished while the operator was away. It is never created again (that would train
+    twice); the trainer's own status says whether it finished."""
+    job = status["jobName"]
+    steps = status.get("steps") or []
+    if steps and all(s.get("state") in ("Completed", "Skipped") for s in steps):
+        return Observation("Succeeded", "JobRemoved", f"Job {job} was removed after the trainer finished; "
+                           "results as the trainer reported them")
+    return Observation("Failed", "JobDeleted", f"Job {job} was deleted before it finished; create a new "
+                       "LoraTrainingJob to train again")
+
+
 def reconcile_status(
     status: dict[str, Any],
     job: dict[str, Any] | None,
@@ -223,8 +236,9 @@ def reconcile_status(
 ) -> tuple[dict[str, Any], list[KubeEvent]]:
     """The status patch (changed fields only) and the events for one look at the world."""
     now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    obs = observe(job, pods, queued)
     old_phase = status.get("phase")
+    obs = job_gone(status) if job is None and status.get("jobName") and old_phase not in TERMINAL \
+        else observe(job, pods, queued)
     if old_phase in TERMINAL:  # a finished run never changes phase again
         ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
         obs = Observation(old_phase, ready.get("reason") or old_phase, status.get("message") or "")

@@ -120,3 +120,36 @@ def test_a_spec_whose_job_the_apiserver_refuses_fails_as_invalid_spec(kubectl, o
     # Editing a failed run changes nothing and does not loop on errors.
     kubectl("patch", "ltj", "epsilon", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
     assert kubectl.status(namespace, "epsilon")["phase"] == "Failed"
+
+
+def test_a_job_deleted_while_the_operator_is_away_ends_the_run_and_is_not_recreated(
+    kubectl, operator, namespace
+) -> None:
+    """E.g. removed by ttlSecondsAfterFinished during an operator outage: resuming must not train again."""
+    kubectl.apply(_ltj("zeta", suspend=True), namespace)
+    wait_for("jobName", lambda: kubectl.status(namespace, "zeta").get("jobName"), timeout=60)
+    operator.stop()
+    kubectl("delete", "job", "zeta-train", "-n", namespace)
+    operator.start()
+
+    def failed():
+        s = kubectl.status(namespace, "zeta")
+        return s if s.get("phase") == "Failed" else [False, s.get("phase"), s.get("message")]
+
+    status = wait_for("Failed", failed, timeout=60)
+    assert "Job zeta-train was deleted before it finished" in status["message"]
+    assert not _jobs(kubectl, namespace)
+
+
+def test_kueue_owns_the_suspension_of_a_queued_run(kubectl, operator, namespace) -> None:
+    kubectl.apply(_ltj("eta", queueName="team-a"), namespace)
+    status = wait_for("Suspended (queued)", lambda: (s := kubectl.status(namespace, "eta")).get("phase")
+                      == "Suspended" and s, timeout=60)
+    assert "Kueue" in status["message"]
+    job = kubectl.get("job", "eta-train", namespace)
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    kubectl("patch", "ltj", "eta", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    kubectl("patch", "ltj", "eta", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    wait_for("the SuspendIgnored event", lambda: "SuspendIgnored" in kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=eta"), timeout=60)
+    assert kubectl.get("job", "eta-train", namespace)["spec"]["suspend"] is True  # not admitted behind Kueue's back

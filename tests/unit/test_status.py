@@ -181,3 +181,18 @@ def test_non_finite_numbers_never_reach_the_status() -> None:
                                 stall_timeout=900)
     assert patch["xp"] == 10 and "evalLoss" not in patch and "loss" not in patch
     json.dumps(patch, allow_nan=False)
+
+
+def test_a_job_gone_before_its_end_is_never_recreated_and_ends_the_run() -> None:
+    steps = progress.initial_status()["steps"]
+    running = {"phase": "Running", "jobName": "demo-train", "steps": steps}
+    patch, events = reconcile_status(running, None, [], now=NOW, generation=1, stall_timeout=900)
+    assert patch["phase"] == "Failed" and "Job demo-train was deleted before it finished" in patch["message"]
+    assert [(e.type, e.reason) for e in events] == [("Warning", "Failed")]
+    # Removed by ttlSecondsAfterFinished while the operator was away: the trainer had reported every step.
+    done = {**running, "steps": [dict(s, state="Completed") for s in steps], "xp": 120}
+    patch, _ = reconcile_status(done, None, [], now=NOW, generation=1, stall_timeout=900)
+    assert patch["phase"] == "Succeeded" and next(
+        c for c in patch["conditions"] if c["type"] == "Ready")["reason"] == "Succeeded"
+    # Before the Job was ever created, no Job is just that.
+    assert reconcile_status({}, None, [], now=NOW, generation=1, stall_timeout=900)[0]["phase"] == "Pending"
