@@ -116,12 +116,11 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
     """Validate the spec and create the run's children (idempotent)."""
     if status.get("phase") in TERMINAL:
         return
-    if status.get("jobName"):  # created before: never again, even if it is gone (status.job_gone)
-        sync(namespace, name)
-        return
     try:
         parsed = api.LoraTrainingJobSpec.model_validate(dict(spec))
         for obj in builders.children(name, namespace, parsed, CONFIG):
+            if obj["kind"] == "Job" and status.get("jobName"):
+                continue  # created before: never again, even if it is gone (status.job_gone)
             kopf.append_owner_reference(obj, owner=body)
             kopf.adjust_namespace(obj, namespace=namespace)
             _create(obj, namespace, meta["uid"])
@@ -165,18 +164,21 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
             return
         raise
     drift = spec_drift(yaml.safe_load(frozen.data["spec.yaml"]), new)
-    was_ignored = any(c.get("type") == "SpecChangeIgnored" and c.get("status") == "True"
-                      for c in status.get("conditions") or [])
-    if drift or was_ignored:
-        message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
-                   "applied; create a new LoraTrainingJob to train with them") if drift else \
-            "the spec matches the one this run started with again"
-        conds = set_condition(list(status.get("conditions") or []), "SpecChangeIgnored",
-                              "True" if drift else "False", "ImmutableAfterStart" if drift else "SpecRestored",
-                              message, _now_s(), meta.get("generation"))
-        _patch_status(namespace, name, {"conditions": conds})
-        if drift:
-            kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
+    # Under the run's lock and on a fresh read: ``sync`` rewrites the conditions list from its own read,
+    # and the event's ``status`` may predate this handler's previous write.
+    with _lock(namespace, name):
+        conditions = list((_read_run(namespace, name) or {}).get("status", {}).get("conditions") or [])
+        was_ignored = any(c.get("type") == "SpecChangeIgnored" and c.get("status") == "True" for c in conditions)
+        if drift or was_ignored:
+            message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
+                       "applied; create a new LoraTrainingJob to train with them") if drift else \
+                "the spec matches the one this run started with again"
+            conds = set_condition(conditions, "SpecChangeIgnored", "True" if drift else "False",
+                                  "ImmutableAfterStart" if drift else "SpecRestored", message, _now_s(),
+                                  meta.get("generation"))
+            _patch_status(namespace, name, {"conditions": conds})
+            if drift:
+                kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
     sync(namespace, name)
 
 
@@ -194,16 +196,20 @@ def child_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
         sync(namespace, owner)
 
 
+def _read_run(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _custom().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
 def sync(namespace: str, name: str) -> None:
     """Re-derive phase and conditions from the Job and its pods and write what changed."""
     with _lock(namespace, name):
-        try:
-            obj = _custom().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
-        except ApiException as err:
-            if err.status == 404:
-                return
-            raise
-        if obj["metadata"].get("deletionTimestamp"):
+        obj = _read_run(namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
         spec = obj.get("spec") or {}
         try:
