@@ -148,7 +148,7 @@ def add_loss_point(points: list[dict[str, Any]], point: dict[str, Any], total_st
         kept[-1] = point
     else:
         kept.append(point)
-    return kept[-limit:] if len(kept) <= limit else [kept[0], *kept[-limit + 1:]]
+    return kept if len(kept) <= limit else [kept[0], *kept[-limit + 1:]]
 
 
 def _progress(steps: list[dict[str, Any]], train_fraction: float) -> int:

@@ -84,6 +84,10 @@ def _failure_detail(pods: list[dict[str, Any]]) -> str:
     return f"{head}: {detail[-1500:]}" if detail else head
 
 
+# The trainer is done and the Job controller has not marked the Job Complete yet.
+_FINISHING = Observation("Running", "Finishing", "the trainer finished; the Job is completing")
+
+
 def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool = False) -> Observation:
     """Where the run is, from the Job and its pods alone."""
     if job is None:
@@ -99,7 +103,7 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
     # Kubernetes 1.31+ sets these first and the terminal condition once the pods are gone: the run
     # must not flap back to Pending ("waiting for the trainer pod") in between.
     if "SuccessCriteriaMet" in conds:
-        return Observation("Running", "Finishing", "the trainer finished; the Job is completing")
+        return _FINISHING
     if "FailureTarget" in conds:
         return Observation("Running", "Failing", conds["FailureTarget"].get("message") or "the Job is failing")
     if (job.get("spec") or {}).get("suspend"):
@@ -115,7 +119,7 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
     if pod is None:
         if any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
             # The pod is done; the Job controller marks the Job Complete a moment later.
-            return Observation("Running", "Finishing", "the trainer finished; the Job is completing")
+            return _FINISHING
         return Observation("Pending", "CreatingPod", "waiting for the trainer pod" + retry)
     status = pod.get("status") or {}
     if status.get("phase") == "Running":

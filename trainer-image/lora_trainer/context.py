@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_operator.api import Artifacts, GradeScores, LoraTrainingJobSpec
-from lora_operator.progress import TrainerEvent
+from lora_operator.api import PIPELINE_STEPS, Artifacts, GradeScores, LoraTrainingJobSpec
+from lora_operator.progress import NoteEvent, TrainerEvent
 from lora_trainer.evaluation import EvalItem
 from lora_trainer.formats import Example
 from lora_trainer.grader import Grader
@@ -78,6 +78,10 @@ class RunContext:
     def dtype(self) -> Any:
         """The training precision on this machine, which models are loaded in (``profiles``)."""
         return for_this_machine(self.spec.lora).dtype
+
+    def note(self, step: str, message: str) -> None:
+        """News from inside the running step ``step`` (its name in PIPELINE_STEPS)."""
+        self.emit(NoteEvent(index=PIPELINE_STEPS.index(step), message=message))
 
     def need(self, name: str) -> Any:
         """A value an earlier step produces; a clear error instead of an AttributeError on None."""

@@ -15,8 +15,8 @@ from typing import Any
 
 import huggingface_hub
 
-from lora_operator.api import PIPELINE_STEPS, GradeScores
-from lora_operator.progress import MetricsEvent, NoteEvent
+from lora_operator.api import GradeScores
+from lora_operator.progress import MetricsEvent
 from lora_trainer.context import RunContext, digest
 from lora_trainer.evaluation import eval_items, grade_model, heldout_loss
 from lora_trainer.events import format_duration
@@ -31,13 +31,10 @@ EVALUATION_DIR = "evaluation"
 def measure(ctx: RunContext, model: Any, which: str, loss: tuple[float | None, float | None],
             key: str | None = None) -> GradeScores:
     """Grade ``model`` on ``ctx.items`` with ``loss`` beside it; answers go to evaluation/<which>.json."""
-    spec, step = ctx.spec, PIPELINE_STEPS.index(f"{which}-metrics")
-
-    def answered(done: int) -> None:
-        ctx.emit(NoteEvent(index=step, message=f"{done}/{len(ctx.items)} answers generated"))
-
+    spec = ctx.spec
     graded = grade_model(model, ctx.tokenizer, ctx.items, spec.evaluation.generation, ctx.need("grader"),
-                         context_limit(model, spec.lora.max_length), spec.lora.seed, answered)
+                         context_limit(model, spec.lora.max_length), spec.lora.seed,
+                         lambda done: ctx.note(f"{which}-metrics", f"{done}/{len(ctx.items)} answers generated"))
     scores = graded.scores.model_copy(update={"eval_loss": loss[0], "perplexity": loss[1]})
     folder = ctx.output_dir / EVALUATION_DIR
     folder.mkdir(exist_ok=True)
@@ -78,11 +75,8 @@ def _cached(path: Path, key: str) -> GradeScores | None:
 def run(ctx: RunContext) -> str:
     spec, data = ctx.spec, ctx.need("data")
     started = time.monotonic()
-
-    def note(message: str) -> None:
-        ctx.emit(NoteEvent(index=PIPELINE_STEPS.index("before-metrics"), message=message))
-
-    with reporting_growth(Path(huggingface_hub.constants.HF_HUB_CACHE), "loading the base model", note):
+    with reporting_growth(Path(huggingface_hub.constants.HF_HUB_CACHE), "loading the base model",
+                          lambda message: ctx.note("before-metrics", message)):
         ctx.loaded = load_model(spec.model, ctx.dtype)
     ctx.quantized = ctx.loaded.quantized
     loaded = f"loaded {resolve_source(spec.model).describe()} in {format_duration(time.monotonic() - started)}"

@@ -30,8 +30,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 
-from lora_operator.api import PIPELINE_STEPS
-from lora_operator.progress import EvalEvent, NoteEvent, TrainerEvent, TrainEvent
+from lora_operator.progress import EvalEvent, TrainerEvent, TrainEvent
 from lora_trainer.context import RunContext
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.events import format_duration
@@ -171,8 +170,8 @@ def run(ctx: RunContext) -> str:
     checkpoints = Path(plan.args.output_dir)
     adjustments: list[str] = []
     started = time.monotonic()
+    resume = resume_point(checkpoints, ctx.fingerprint)
     while True:
-        resume = resume_point(checkpoints, ctx.fingerprint)
         if resume:
             relocate_best(resume)
         elif adjustments:  # the failed attempt already moved the weights: start over from the initial ones
@@ -199,11 +198,10 @@ def run(ctx: RunContext) -> str:
                     f"({'; '.join(adjustments)}): set model.quantization: 4bit, lower lora.maxLength, "
                     "or request a GPU with more memory") from err
             adjustments.append(change)
-            restart = resume_point(checkpoints, ctx.fingerprint)
-            note = (f"out of GPU memory: {change}; continuing from "
-                    f"{restart.name if restart else 'the start'}")
+            resume = resume_point(checkpoints, ctx.fingerprint)
+            note = f"out of GPU memory: {change}; continuing from {resume.name if resume else 'the start'}"
             print(f"lora-trainer: {note} ({err})", file=sys.stderr)
-            ctx.emit(NoteEvent(index=PIPELINE_STEPS.index("training"), message=note))
+            ctx.note("training", note)
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
