@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The demo: a local Kubernetes control plane with a test node (pods run as local processes),
-# the CRD, the operator, and examples/quickstart.yaml (SmolLM2-135M-Instruct on CPU). Watches
-# `kubectl get loratrainingjobs -w` until the run ends, prints the report, and cleans up.
-# Keep the cluster afterwards with LORA_DEMO_KEEP=1 (Ctrl-C stops it).
+# The demo: the README's "On a real cluster" section, verbatim, on this machine. A local control
+# plane with a real node (kubelet + containerd + runc, tests/cluster/realnode.py; needs root) runs the
+# images built here from operator/Dockerfile and trainer-image/Dockerfile (no registry: they sit in
+# the node's containerd as localhost/lora-operator:0.1.0 and localhost/lora-trainer:0.1.0). Then
+# `helm install`, `kubectl apply -f examples/quickstart.yaml`, the watch until the run ends, the report.
+# Keep the cluster afterwards with LORA_DEMO_KEEP=1 (Ctrl-C stops it and restores the host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -17,28 +19,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> starting the control plane and the test node in $STATE/cluster"
-python -m tests.cluster.controlplane up --state-dir "$STATE/cluster" >"$STATE/cluster.out" 2>"$STATE/cluster.log" &
+echo "==> building the images and starting the control plane with a real node in $STATE/cluster"
+python -m tests.cluster.realnode up --state-dir "$STATE/cluster" >"$STATE/cluster.out" 2>"$STATE/cluster.log" &
 pids+=($!)
-for _ in $(seq 1 180); do
-  grep -q "cluster up" "$STATE/cluster.log" 2>/dev/null && break
-  if ! kill -0 "${pids[0]}" 2>/dev/null; then cat "$STATE/cluster.log"; exit 1; fi
+for _ in $(seq 1 3600); do
+  grep -q "real node up" "$STATE/cluster.log" 2>/dev/null && break
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then tail -40 "$STATE/cluster.log"; exit 1; fi
   sleep 1
 done
-export KUBECONFIG="$STATE/cluster/kubeconfig"
-kubectl get nodes
+export KUBECONFIG="$STATE/cluster/control-plane/kubeconfig"
+kubectl get nodes -o wide
 
-echo "==> installing the CRD and starting the operator"
-kubectl apply -f crds/
-# Right after creation the CRD may have no conditions yet, which `kubectl wait` treats as an error.
-for _ in $(seq 1 30); do
-  kubectl wait --for=condition=Established --timeout=10s crd/loratrainingjobs.lora.airepublic.io 2>/dev/null && break
-  sleep 1
-done
-LORA_SYNC_INTERVAL_SECONDS=5 python -m lora_operator >"$STATE/operator.log" 2>&1 &
-pids+=($!)
-
-echo "==> kubectl apply -f examples/quickstart.yaml"
+echo "==> the README's \"On a real cluster\" section"
+REGISTRY=localhost
+helm install lora-operator charts/lora-operator -n lora-system --create-namespace --wait \
+  --set image.repository=$REGISTRY/lora-operator --set trainer.image.repository=$REGISTRY/lora-trainer
 kubectl apply -f examples/quickstart.yaml
 kubectl get loratrainingjobs -w &
 pids+=($!)
@@ -49,9 +44,8 @@ for _ in $(seq 1 1800); do
 done
 sleep 1
 echo
-echo "==> report"
+kubectl describe ltj quickstart
 python -m lora_operator.report quickstart
-kubectl get events --field-selector involvedObject.name=quickstart --sort-by=.lastTimestamp
 if [[ "${LORA_DEMO_KEEP:-0}" == 1 ]]; then
   echo "cluster kept: export KUBECONFIG=$KUBECONFIG PATH=$BIN:\$PATH ; Ctrl-C to stop"
   wait "${pids[0]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -71,6 +72,40 @@ def wait_for(what: str, check, timeout: float = 120, interval: float = 0.5):
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+class StatusRecorder(threading.Thread):
+    """Records every distinct (phase, step, progress, loss) the resource shows while a run goes on."""
+
+    def __init__(self, kubectl, namespace: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.kubectl, self.namespace, self.name = kubectl, namespace, name
+        self.seen: list[dict] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            s = self.kubectl.status(self.namespace, self.name)
+            snap = {k: s.get(k) for k in ("phase", "stepSummary", "progress", "loss", "trainingStep")}
+            if s and (not self.seen or snap != self.seen[-1]):
+                self.seen.append(snap)
+            if s.get("phase") in ("Succeeded", "Failed"):
+                return
+            time.sleep(1.0)  # the trainer reports every few seconds; kubectl itself costs CPU
+
+
+def assert_succeeded_with_results(status: dict, namespace: str, name: str) -> None:
+    """A whole run's status: Succeeded, every step done, before/after metrics, improvements and XP."""
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["progress"] == 100 and status["stepSummary"] == "9/9 improvements"
+    assert all(s["state"] in ("Completed", "Skipped") for s in status["steps"]), status["steps"]
+    assert status["before"]["overall"] is not None and status["after"]["overall"] is not None
+    assert status["before"]["items"] == status["after"]["items"]
+    assert status["improvements"] and status["xp"] > 0 and status["trainItems"] > 0
+    # The process node maps /output to a local folder, so only the run's own part of the path is fixed.
+    assert status["artifacts"]["adapter"].endswith(f"/{namespace}/{name}/adapter")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
 
 
 @pytest.fixture(scope="session")

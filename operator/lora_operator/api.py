@@ -378,7 +378,9 @@ class ResourceSpec(_Model):
                                    description="Extended resource name of the GPU.")
     gpu_type: LabelValue | None = Field(
         None, description="Value of the node label nvidia.com/gpu.product to require, e.g. NVIDIA-A100-SXM4-80GB.")
-    cpu: str = Field("2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit.")
+    cpu: str = Field("2", pattern=r"^[0-9]+(\.[0-9]+)?m?$",
+                     description="CPU request. No CPU limit is set: the trainer uses idle cores and is never "
+                                 "throttled.")
     memory: str = Field("8Gi", pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$",
                         description="Memory request and limit.")
     node_selector: dict[str, LabelValue] = Field(default_factory=dict, description="Extra node selector.")

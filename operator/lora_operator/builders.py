@@ -230,9 +230,11 @@ def _scheduling(spec: api.LoraTrainingJobSpec, cfg: OperatorConfig) -> dict[str,
 
 
 def _resources(spec: api.LoraTrainingJobSpec) -> dict[str, Any]:
+    """Memory limit = request (an OOM kill, not a node's memory pressure, ends a run that outgrows it); no CPU
+    limit, since CFS throttling slows the data loader and the training threads while cores sit idle."""
     res = spec.resources
     amounts: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    limits = dict(amounts)
+    limits = {"memory": res.memory}
     if res.gpu > 0:
         # Extended resources must have requests == limits.
         amounts[res.gpu_resource_name] = str(res.gpu)

@@ -58,7 +58,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     selector = ",".join(f"{k}={v}" for k, v in _CHILD_SELECTOR.items())
     settings.watching.label_selectors["batch", "v1", "jobs"] = selector
     settings.watching.label_selectors["", "v1", "pods"] = selector
-    kubernetes.config.load_config()
+    # In a pod: its ServiceAccount, without load_config()'s warning that no ~/.kube/config exists.
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        kubernetes.config.load_incluster_config()
+    else:
+        kubernetes.config.load_kube_config()
 
 
 def _custom() -> kubernetes.client.CustomObjectsApi:

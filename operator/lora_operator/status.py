@@ -71,17 +71,18 @@ def termination_summary(pods: list[dict[str, Any]], phase: str) -> dict[str, Any
     return summary if isinstance(summary, dict) else None
 
 
-def _failure_detail(pods: list[dict[str, Any]]) -> str:
+def _failure_detail(pods: list[dict[str, Any]]) -> tuple[str, str]:
+    """What the newest failed pod says, and its container's reason ("OOMKilled", "Error", ...)."""
     pod = _newest([p for p in pods if (p.get("status") or {}).get("phase") == "Failed"])
     if pod is None:
-        return ""
+        return "", ""
     term = _terminated(pod) or {}
     summary = termination_summary([pod], "Failed")
     detail = (summary or {}).get("message") or (term.get("message") or "").strip()
     reason = term.get("reason") or (pod.get("status") or {}).get("reason") or "Error"
     code = term.get("exitCode")
     head = f"pod {pod['metadata']['name']}: {reason}" + (f", exit code {code}" if code is not None else "")
-    return f"{head}: {detail[-1500:]}" if detail else head
+    return (f"{head}: {detail[-1500:]}" if detail else head), term.get("reason") or ""
 
 
 # The trainer is done and the Job controller has not marked the Job Complete yet.
@@ -97,9 +98,14 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
         return Observation("Succeeded", "Completed", "training finished")
     if "Failed" in conds:
         cond = conds["Failed"]
-        detail = _failure_detail(pods)
+        detail, container_reason = _failure_detail(pods)
         message = cond.get("message") or cond.get("reason") or "the Job failed"
-        return Observation("Failed", cond.get("reason") or "JobFailed", f"{message}; {detail}" if detail else message)
+        message = f"{message}; {detail}" if detail else message
+        if container_reason == "OOMKilled":
+            # The Job's reason (BackoffLimitExceeded) hides the cause a user can act on.
+            return Observation("Failed", "OOMKilled", f"{message}; the trainer used more memory than its limit: "
+                               "raise spec.resources.memory, or lower lora.batchSize or lora.maxLength")
+        return Observation("Failed", cond.get("reason") or "JobFailed", message)
     # Kubernetes 1.31+ sets these first and the terminal condition once the pods are gone: the run
     # must not flap back to Pending ("waiting for the trainer pod") in between.
     if "SuccessCriteriaMet" in conds:

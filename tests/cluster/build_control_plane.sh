@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl) and helm from Go modules, cached by version outside the repo.
+# kube-scheduler, kubectl), the real node's kubelet and kube-proxy, and helm from Go modules,
+# cached by version outside the repo.
 #
 # Why from Go modules: no container engine and no binary downloads here; the Go module
 # proxy is reachable. k8s.io/kubernetes cannot be `go install`ed (its go.mod replaces the
@@ -28,7 +29,7 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" &&
   exit 0
 fi
 
-want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy helm)
 missing=0
 for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing=1; done
 if [[ $missing == 0 ]]; then echo "$BIN"; exit 0; fi
@@ -40,7 +41,10 @@ minor_patch="${KUBE_VERSION#v1.}"
 staging_version="v0.$minor_patch"
 
 # --- kubernetes: wrapper module with generated replace list ------------------------
-if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x "$BIN/kube-scheduler" || ! -x "$BIN/kubectl" ]]; then
+kube_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+kube_missing=()
+for b in "${kube_cmds[@]}"; do [[ -x "$BIN/$b" ]] || kube_missing+=("k8s.io/kubernetes/cmd/$b"); done
+if (( ${#kube_missing[@]} )); then
   log "resolving k8s.io/kubernetes@$KUBE_VERSION"
   cd "$WORK/kube"
   gomod_path="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
@@ -61,12 +65,8 @@ if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x 
     ld="$ld -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
   go mod download k8s.io/kubernetes
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (slow on first run)"
-  go build -trimpath -ldflags "$ld" -o "$BIN/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kubectl
+  log "building ${kube_missing[*]##*/} (slow on first run)"
+  go build -trimpath -ldflags "$ld" -o "$BIN/" "${kube_missing[@]}"
 fi
 
 # --- etcd: its server module has its own replace lines, so wrap its main -------------

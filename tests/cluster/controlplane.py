@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import yaml
 from kubernetes import client, config
@@ -93,10 +94,11 @@ def _ec_key_args(key: Path) -> list[str]:
     return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key)]
 
 
-def generate_pki(d: Path) -> None:
+def generate_pki(d: Path, extra_ips: tuple[str, ...] = ()) -> None:
     """Write ca, apiserver serving, admin client certs and the service-account key pair.
 
     ECDSA P-256 keys keep generation fast; the openssl CLI avoids a crypto dependency.
+    ``extra_ips`` are more addresses the apiserver serves on (a real node's pods reach it there).
     """
     d.mkdir(parents=True, exist_ok=True)
     _openssl(
@@ -106,7 +108,7 @@ def generate_pki(d: Path) -> None:
         "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
     )  # fmt: skip
     ca = ["-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"), "-days", "3650"]
-    sans = ["IP:127.0.0.1", "IP:10.0.0.1", "DNS:localhost", "DNS:kubernetes",
+    sans = ["IP:127.0.0.1", "IP:10.0.0.1", *(f"IP:{ip}" for ip in extra_ips), "DNS:localhost", "DNS:kubernetes",
             "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
             "DNS:kubernetes.default.svc.cluster.local"]  # fmt: skip
     _openssl(
@@ -117,19 +119,25 @@ def generate_pki(d: Path) -> None:
         "-addext", "keyUsage=critical,digitalSignature,keyEncipherment",
         "-addext", "extendedKeyUsage=serverAuth",
     )  # fmt: skip
-    _openssl(
-        "req", "-x509", *_ec_key_args(d / "admin.key"), "-out", str(d / "admin.crt"), *ca,
-        "-subj", "/O=system:masters/CN=lora-test-admin",
-        "-addext", "basicConstraints=critical,CA:FALSE",
-        "-addext", "keyUsage=critical,digitalSignature,keyEncipherment",
-        "-addext", "extendedKeyUsage=clientAuth",
-    )  # fmt: skip
+    client_certificate(d, "admin", "lora-test-admin", "system:masters")
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(d / "sa.key"))
     _openssl("pkey", "-in", str(d / "sa.key"), "-pubout", "-out", str(d / "sa.pub"))
 
 
-def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
-    """Write a self-contained admin kubeconfig (certificates embedded, so it can be copied)."""
+def client_certificate(d: Path, name: str, common_name: str, organization: str) -> None:
+    """``d/NAME.crt`` and ``d/NAME.key``: a client certificate signed by ``d/ca.*`` (user CN in group O)."""
+    _openssl(
+        "req", "-x509", *_ec_key_args(d / f"{name}.key"), "-out", str(d / f"{name}.crt"),
+        "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"), "-days", "3650",
+        "-subj", f"/O={organization}/CN={common_name}",
+        "-addext", "basicConstraints=critical,CA:FALSE",
+        "-addext", "keyUsage=critical,digitalSignature,keyEncipherment",
+        "-addext", "extendedKeyUsage=clientAuth",
+    )  # fmt: skip
+
+
+def write_kubeconfig(path: Path, server: str, pki: Path, user: str = "admin") -> None:
+    """Write a self-contained kubeconfig for ``pki/USER.crt`` (certificates embedded, so it can be copied)."""
 
     def b64(name: str) -> str:
         return base64.b64encode((pki / name).read_bytes()).decode()
@@ -141,7 +149,7 @@ def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
         "users": [
             {
                 "name": "admin",
-                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+                "user": {"client-certificate-data": b64(f"{user}.crt"), "client-key-data": b64(f"{user}.key")},
             }
         ],
         "contexts": [
@@ -153,28 +161,16 @@ def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
     path.chmod(0o600)
 
 
-class ControlPlane:
-    """Context manager running a local control plane; see the module docstring.
+class Started:
+    """A context manager that is started on entry (and stopped again if starting fails half-way)."""
 
-    Attributes (valid after start):
-        bin_dir: directory with etcd, kube-*, kubectl and helm.
-        kubeconfig: admin kubeconfig (system:masters) for the cluster.
-        server: the apiserver URL, e.g. ``https://127.0.0.1:PORT``.
-        workdir: certificates, logs and etcd data (None for an existing cluster).
-        external: True when LORA_TEST_USE_EXISTING_CLUSTER=1.
-    """
+    def start(self) -> None:
+        raise NotImplementedError
 
-    def __init__(self, workdir: Path | None = None) -> None:
-        """`workdir` is used (and kept) if given; otherwise a temporary dir is made."""
-        self.external = os.environ.get("LORA_TEST_USE_EXISTING_CLUSTER") == "1"
-        self._given_workdir = workdir
-        self.workdir: Path | None = None
-        self.bin_dir = Path()
-        self.kubeconfig = Path()
-        self.server = ""
-        self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+    def stop(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> ControlPlane:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:
@@ -186,6 +182,35 @@ class ControlPlane:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class ControlPlane(Started):
+    """Context manager running a local control plane; see the module docstring.
+
+    Attributes (valid after start):
+        bin_dir: directory with etcd, kube-*, kubectl and helm.
+        kubeconfig: admin kubeconfig (system:masters) for the cluster.
+        server: the apiserver URL, e.g. ``https://127.0.0.1:PORT``.
+        workdir: certificates, logs and etcd data (None for an existing cluster).
+        external: True when LORA_TEST_USE_EXISTING_CLUSTER=1.
+    """
+
+    def __init__(self, workdir: Path | None = None, advertise_address: str | None = None) -> None:
+        """`workdir` is used (and kept) if given; otherwise a temporary dir is made.
+
+        `advertise_address`: a non-loopback address of this host for a real node (tests/cluster/realnode.py):
+        the apiserver then listens on all addresses, publishes that one as the `kubernetes` Service's
+        endpoint (pods reach it through kube-proxy), can reach kubelets (logs, exec), and the node
+        lifecycle controller runs (it lifts a real node's not-ready taint). Without it, loopback only.
+        """
+        self.external = os.environ.get("LORA_TEST_USE_EXISTING_CLUSTER") == "1"
+        self.advertise_address = advertise_address
+        self._given_workdir = workdir
+        self.workdir: Path | None = None
+        self.bin_dir = Path()
+        self.kubeconfig = Path()
+        self.server = ""
+        self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def api_client(self) -> client.ApiClient:
         """A fresh admin client for the cluster."""
@@ -224,7 +249,7 @@ class ControlPlane:
             self.workdir = Path(tempfile.mkdtemp(prefix="lora-controlplane-"))
         wd = self.workdir
         pki = wd / "pki"
-        generate_pki(pki)
+        generate_pki(pki, extra_ips=(self.advertise_address,) if self.advertise_address else ())
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{api_port}"
         self.kubeconfig = wd / "kubeconfig"
@@ -241,9 +266,17 @@ class ControlPlane:
         ])  # fmt: skip
         self._wait("etcd", 30, lambda: _http_ok(f"127.0.0.1:{etcd_port}", "/health", None))
 
+        if self.advertise_address:
+            network = [
+                "--bind-address=0.0.0.0", f"--advertise-address={self.advertise_address}",
+                f"--kubelet-client-certificate={pki / 'admin.crt'}", f"--kubelet-client-key={pki / 'admin.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]  # fmt: skip
+        else:
+            # Endpoints may not hold a loopback IP; the process node's pods reach the apiserver directly
+            network = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
         self._spawn("kube-apiserver", [
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--etcd-servers={etcd_url}", *network, f"--secure-port={api_port}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             "--authorization-mode=Node,RBAC",
@@ -253,8 +286,6 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=false",
             "--profiling=false",
-            # Endpoints may not hold a loopback IP; pods reach the apiserver directly anyway
-            "--endpoint-reconciler-type=none",
         ])  # fmt: skip
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
@@ -268,8 +299,8 @@ class ControlPlane:
             f"--root-ca-file={pki / 'ca.crt'}",
             "--use-service-account-credentials",
             f"--flex-volume-plugin-dir={wd / 'flexvolume'}",  # default is a host path it creates
-            # no kubelet heartbeats a fake node like a real one: no taints, no evictions
-            "--controllers=*,-nodelifecycle",
+            # the process node does not heartbeat like a kubelet: no taints, no evictions for it
+            "--controllers=*" if self.advertise_address else "--controllers=*,-nodelifecycle",
         ])  # fmt: skip
         self._spawn("kube-scheduler", [*kube_args, "--leader-elect=false", "--secure-port=0"])
         core = client.CoreV1Api(self.api_client())

@@ -48,6 +48,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.watch.watch import iter_resp_lines
 
+from tests.cluster import provisioner
 from tests.cluster.controlplane import ControlPlane, log_tail, terminate_group
 
 DEFAULT_NODE_NAME = "lora-test-node"
@@ -61,7 +62,6 @@ MESSAGE_LIMIT = 4096
 FALLBACK_LINES = 80
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
-PV_LABEL = "lora-test/provisioned-by-node"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("testnode")
@@ -628,49 +628,7 @@ class TestNode:
 
     # --- local-path provisioner ----------------------------------------------------------
     def provision(self) -> None:
-        """Bind Pending claims to new hostPath PVs; delete our Released PVs and their dirs."""
-        for pvc in as_dict(self.core.list_persistent_volume_claim_for_all_namespaces(_preload_content=False))["items"]:
-            meta, spec = pvc["metadata"], pvc["spec"]
-            if (
-                pvc.get("status", {}).get("phase") != "Pending"
-                or spec.get("volumeName")
-                or meta.get("deletionTimestamp")
-            ):
-                continue
-            pv_name = f"pvc-{meta['uid']}"
-            on_this_node = client.V1NodeSelectorRequirement(
-                key="kubernetes.io/hostname", operator="In", values=[self.name]
-            )
-            pv = client.V1PersistentVolume(
-                metadata=client.V1ObjectMeta(name=pv_name, labels={PV_LABEL: self.name}),
-                spec=client.V1PersistentVolumeSpec(
-                    capacity={"storage": spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")},
-                    access_modes=spec.get("accessModes") or ["ReadWriteOnce"],
-                    volume_mode=spec.get("volumeMode", "Filesystem"),
-                    storage_class_name=spec.get("storageClassName") or "",
-                    persistent_volume_reclaim_policy="Retain",  # we delete it (and its dir) once Released
-                    claim_ref=client.V1ObjectReference(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"]),
-                    host_path=client.V1HostPathVolumeSource(
-                        path=str(self.state_dir / "volumes" / pv_name), type="DirectoryOrCreate"
-                    ),
-                    node_affinity=client.V1VolumeNodeAffinity(
-                        required=client.V1NodeSelector(
-                            node_selector_terms=[client.V1NodeSelectorTerm(match_expressions=[on_this_node])]
-                        )
-                    ),
-                ),
-            )
-            try:
-                self.core.create_persistent_volume(pv)
-                log.info("pvc %s/%s: provisioned %s", meta["namespace"], meta["name"], pv_name)
-            except client.ApiException as e:
-                if e.status != 409:
-                    raise
-        pvs = self.core.list_persistent_volume(label_selector=f"{PV_LABEL}={self.name}", _preload_content=False)
-        for pv in as_dict(pvs)["items"]:
-            if pv.get("status", {}).get("phase") == "Released":
-                self.core.delete_persistent_volume(pv["metadata"]["name"])
-                shutil.rmtree(pv["spec"]["hostPath"]["path"], ignore_errors=True)
+        provisioner.provision(self.core, self.name, self.state_dir / "volumes")
 
     def housekeeping(self) -> None:
         """Heartbeat every HEARTBEAT_SECONDS, provision claims every second; survive API errors."""

@@ -8,38 +8,16 @@ GPU requests schedule as on a GPU node and the trainer then takes its CPU path.
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, wait_for
 from tests.trainer.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
-
-
-class StatusRecorder(threading.Thread):
-    """Records every distinct (phase, step, progress, loss) the resource shows while a run goes on."""
-
-    def __init__(self, kubectl, namespace: str, name: str) -> None:
-        super().__init__(daemon=True)
-        self.kubectl, self.namespace, self.name = kubectl, namespace, name
-        self.seen: list[dict] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            s = self.kubectl.status(self.namespace, self.name)
-            snap = {k: s.get(k) for k in ("phase", "stepSummary", "progress", "loss", "trainingStep")}
-            if s and (not self.seen or snap != self.seen[-1]):
-                self.seen.append(snap)
-            if s.get("phase") in ("Succeeded", "Failed"):
-                return
-            time.sleep(0.3)
 
 
 def _pvc(name: str) -> dict:
@@ -84,19 +62,6 @@ def _tiny_run(name: str, models: str, **overrides) -> dict:
             "spec": spec}
 
 
-def _assert_succeeded_with_results(status: dict, namespace: str, name: str) -> None:
-    assert status["phase"] == "Succeeded", status.get("message")
-    assert status["progress"] == 100 and status["stepSummary"] == "9/9 improvements"
-    assert all(s["state"] in ("Completed", "Skipped") for s in status["steps"]), status["steps"]
-    assert status["before"]["overall"] is not None and status["after"]["overall"] is not None
-    assert status["before"]["items"] == status["after"]["items"]
-    assert status["improvements"] and status["xp"] > 0 and status["trainItems"] > 0
-    # The test node maps /output to a local folder, so only the run's own part of the path is fixed.
-    assert status["artifacts"]["adapter"].endswith(f"/{namespace}/{name}/adapter")
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True"
-
-
 def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, namespace, tiny_model_pvc, test_node):
     kubectl.apply(_pvc("artifacts"), namespace)
     recorder = StatusRecorder(kubectl, namespace, "tiny")
@@ -104,7 +69,7 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
     recorder.start()
     recorder.join(timeout=600)
     status = kubectl.status(namespace, "tiny")
-    _assert_succeeded_with_results(status, namespace, "tiny")
+    assert_succeeded_with_results(status, namespace, "tiny")
     pods = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=tiny-train",
                                   "-o", "yaml"))["items"]
     assert [p["spec"]["nodeName"] for p in pods] == [test_node.name]
@@ -133,7 +98,7 @@ def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, ti
     operator.start()
     status = wait_for("a terminal phase", lambda: (s := kubectl.status(namespace, "restart")).get("phase")
                       in ("Succeeded", "Failed") and s, timeout=600)
-    _assert_succeeded_with_results(status, namespace, "restart")
+    assert_succeeded_with_results(status, namespace, "restart")
     jobs = yaml.safe_load(kubectl("get", "jobs", "-n", namespace, "-o", "yaml"))["items"]
     pods = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]
     assert len(jobs) == 1 and len(pods) == 1
@@ -183,28 +148,7 @@ def test_final_metrics_arrive_when_status_updates_are_revoked_mid_run(
     assert at_revocation.get("phase") != "Succeeded"
     status = wait_for("a terminal phase", lambda: (s := kubectl.status(namespace, "cut")).get("phase")
                       in ("Succeeded", "Failed") and s, timeout=600)
-    _assert_succeeded_with_results(status, namespace, "cut")
+    assert_succeeded_with_results(status, namespace, "cut")
     pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"][0]
     stderr = (test_node.pod_dir(namespace, pod["metadata"]["name"]) / "stderr.log").read_text()
     assert "status update failed" in stderr  # the direct path really was cut
-
-
-@pytest.mark.e2e
-def test_quickstart_example_trains_smollm2_with_live_status(kubectl, operator, namespace, test_node):
-    """`kubectl apply -f examples/quickstart.yaml` on the test control plane, watched like a user would."""
-    recorder = StatusRecorder(kubectl, namespace, "quickstart")
-    kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "quickstart.yaml"))
-    recorder.start()
-    recorder.join(timeout=1500)
-    status = kubectl.status(namespace, "quickstart")
-    _assert_succeeded_with_results(status, namespace, "quickstart")
-    running = [s for s in recorder.seen if s["phase"] == "Running"]
-    progresses = [s["progress"] for s in running if s["progress"] is not None]
-    assert len(set(progresses)) >= 3 and progresses == sorted(progresses), recorder.seen
-    assert any(s["loss"] is not None and s["stepSummary"].startswith("4/9") for s in running), recorder.seen
-    assert status["after"]["evalLoss"] < status["before"]["evalLoss"]
-    assert status["improvements"]["evalLossDelta"] < 0
-    assert len(status["lossHistory"]) >= 3
-    print(kubectl("get", "loratrainingjobs", "-n", namespace))
-    print(f"{len(recorder.seen)} distinct status snapshots while running; first/last: {recorder.seen[0]} "
-          f"{recorder.seen[-1]}")

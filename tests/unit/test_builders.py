@@ -40,6 +40,12 @@ def test_cpu_job_has_no_gpu_request_or_toleration() -> None:
     assert "tolerations" not in pod
 
 
+def test_cpu_is_requested_not_limited_and_memory_is_both() -> None:
+    resources = _pod(builders.job("demo", "ns", _spec(resources={"gpu": 0, "cpu": "3", "memory": "5Gi"}),
+                                  builders.OperatorConfig()))["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "3", "memory": "5Gi"}, "limits": {"memory": "5Gi"}}
+
+
 def test_security_context_is_non_root_and_read_only() -> None:
     pod = _pod(builders.job("demo", "ns", _spec(), CFG))
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -26,3 +26,13 @@ def test_quickstart_matches_the_local_quickstart() -> None:
     local = yaml.safe_load((EXAMPLES / "quickstart-local.yaml").read_text())
     for key in ("model", "datasets", "data", "lora", "evaluation"):
         assert k8s[key] == local[key], key
+
+
+def test_the_demo_runs_the_readme_real_cluster_section_verbatim() -> None:
+    root = EXAMPLES.parent
+    readme = (root / "README.md").read_text()
+    install = readme[readme.index("## On a real cluster"):].split("```bash\n")[2].split("```")[0]
+    demo = (root / "scripts" / "demo.sh").read_text().splitlines()
+    assert "REGISTRY=localhost" in demo
+    for line in install.splitlines():  # the watch runs in the background there, until the run ends
+        assert line in demo or f"{line} &" in demo, line

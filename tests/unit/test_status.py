@@ -57,6 +57,16 @@ def test_failed_job_with_plain_log_termination_message() -> None:
     assert "OOMKilled, exit code 137: Killed" in obs.message
 
 
+def test_a_run_killed_for_memory_fails_with_reason_oomkilled_and_what_to_change() -> None:
+    oom = _pod("Failed", terminated={"exitCode": 137, "reason": "OOMKilled"})
+    obs = observe(_job([{"type": "Failed", "reason": "BackoffLimitExceeded", "message": "backoff"}]), [oom])
+    assert (obs.phase, obs.reason) == ("Failed", "OOMKilled")
+    assert "spec.resources.memory" in obs.message and "backoff" in obs.message
+    error = _pod("Failed", terminated={"exitCode": 1, "reason": "Error"})
+    assert observe(_job([{"type": "Failed", "reason": "BackoffLimitExceeded"}]), [error]).reason == \
+        "BackoffLimitExceeded"
+
+
 def test_reconcile_emits_one_event_per_phase_change_and_keeps_transition_times() -> None:
     patch, events = reconcile_status({}, _job(), [_pod("Running")], now=NOW, generation=1, stall_timeout=900)
     assert patch["phase"] == "Running" and patch["startTime"]
