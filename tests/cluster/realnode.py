@@ -82,7 +82,11 @@ def unavailable_reason() -> str | None:
 
 def ensure_host_packages() -> None:
     """Install the Debian packages the node and the image builds need (once per machine)."""
-    missing = [p for p in HOST_PACKAGES if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode]
+    def installed(package: str) -> bool:  # not `dpkg -s`: it succeeds for a removed package's leftover config
+        status = _run("dpkg-query", "-W", "-f=${db:Status-Status}", package, check=False)
+        return status.stdout.strip() == "installed"
+
+    missing = [p for p in HOST_PACKAGES if not installed(p)]
     if not missing:
         return
     log.info("installing %s", " ".join(missing))
