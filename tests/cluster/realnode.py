@@ -108,10 +108,9 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 class HostChanges:
-    """What the node changes on the host, recorded before and undone after, newest first."""
+    """What the node changes on the host: recorded before it starts, undone after it stops."""
 
     def __init__(self) -> None:
-        self._undo: list[tuple[str, list[str] | Path | str]] = []
         self.sysctls: dict[str, str] = {}
         self.iptables: dict[str, str] = {}
         self.netns_before: set[str] = set()
@@ -287,11 +286,11 @@ class RealCluster(Started):
     def _running(self, name: str) -> bool:
         return any(n == name and p.poll() is None for n, p, _ in self._procs)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log_path = self.state_dir / f"{name}.log"
         with log_path.open("ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, env=env)
+                                    start_new_session=True)
         self._procs.append((name, proc, log_path))
         return proc
 
