@@ -50,6 +50,12 @@ class Kubectl:
         """The status of LoraTrainingJob ``namespace/name`` ({} while it has none or does not exist)."""
         return (self.get("ltj", name, namespace) or {}).get("status") or {}
 
+    def bound_dir(self, namespace: str, claim: str) -> Path:
+        """The host folder of the hostPath PV that PVC ``namespace/claim`` gets bound to (both test nodes)."""
+        volume = wait_for(f"PVC {claim} bound", lambda: (self.get("pvc", claim, namespace) or {})
+                          .get("spec", {}).get("volumeName"), timeout=60)
+        return Path(self.get("pv", volume, "")["spec"]["hostPath"]["path"])
+
     def get(self, kind: str, name: str, namespace: str) -> dict | None:
         proc = self.run("get", kind, name, "-n", namespace, "-o", "yaml", check=False)
         if proc.returncode != 0:
@@ -57,6 +63,12 @@ class Kubectl:
                 return None
             raise AssertionError(proc.stderr)
         return yaml.safe_load(proc.stdout)
+
+
+def pvc(name: str, storage: str = "1Gi") -> dict:
+    """A ReadWriteOnce PersistentVolumeClaim manifest (the test nodes' provisioner binds it)."""
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}}}
 
 
 def wait_for(what: str, check, timeout: float = 120, interval: float = 0.5):
@@ -121,16 +133,17 @@ def crds(kubectl: Kubectl) -> None:
 
 @pytest.fixture
 def namespace(kubectl: Kubectl) -> Iterator[str]:
-    yield from _namespace(kubectl)
+    yield from namespace_for(kubectl)
 
 
 @pytest.fixture(scope="module")
 def module_namespace(kubectl: Kubectl) -> Iterator[str]:
     """One namespace for a module whose tests need no operator and leave nothing behind."""
-    yield from _namespace(kubectl)
+    yield from namespace_for(kubectl)
 
 
-def _namespace(kubectl: Kubectl) -> Iterator[str]:
+def namespace_for(kubectl: Kubectl) -> Iterator[str]:
+    """A fresh namespace on ``kubectl``'s cluster, deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name

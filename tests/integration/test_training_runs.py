@@ -8,38 +8,25 @@ GPU requests schedule as on a GPU node and the trainer then takes its CPU path.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
-from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, wait_for
+from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, pvc, wait_for
 from tests.trainer.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
 
 
-def _pvc(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
-
-
-def _bound_dir(kubectl, namespace: str, claim: str) -> Path:
-    volume = wait_for(f"PVC {claim} bound", lambda: (kubectl.get("pvc", claim, namespace) or {})
-                      .get("spec", {}).get("volumeName"), timeout=60)
-    return Path(kubectl.get("pv", volume, "")["spec"]["hostPath"]["path"])
-
-
 @pytest.fixture
-def tiny_model_pvc(kubectl, namespace, test_node) -> str:
+def tiny_modelpvc(kubectl, namespace, test_node) -> str:
     """A PVC "models" holding a tiny Llama in tiny/, as a model store would; returns the volume's path.
 
     The test node runs pods as local processes and rewrites mount paths only in the command and
     environment, not inside the mounted spec file, so the run mounts the volume at its real path.
     """
-    kubectl.apply(_pvc("models"), namespace)
-    root = _bound_dir(kubectl, namespace, "models")
+    kubectl.apply(pvc("models"), namespace)
+    root = kubectl.bound_dir(namespace, "models")
     texts = (ROOT / "trainer-image/lora_trainer/data/minion_handbook.jsonl").read_text().splitlines()
     build_tiny_model(root / "tiny", texts)
     return str(root)
@@ -63,7 +50,7 @@ def _tiny_run(name: str, models: str, **overrides) -> dict:
 
 
 def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, namespace, tiny_model_pvc, test_node):
-    kubectl.apply(_pvc("artifacts"), namespace)
+    kubectl.apply(pvc("artifacts"), namespace)
     recorder = StatusRecorder(kubectl, namespace, "tiny")
     kubectl.apply(_tiny_run("tiny", tiny_model_pvc), namespace)
     recorder.start()
@@ -83,14 +70,14 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
     print(table)
     row = table.splitlines()[1].split()
     assert row[:3] == ["tiny", "Succeeded", "9/9"] and row[4] == "100" and row[6] == str(status["xp"])
-    artifacts = _bound_dir(kubectl, namespace, "artifacts") / namespace / "tiny"
+    artifacts = kubectl.bound_dir(namespace, "artifacts") / namespace / "tiny"
     assert (artifacts / "adapter" / "adapter_config.json").exists()
     assert (artifacts / "report.json").exists()
 
 
 def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, tiny_model_pvc, test_node):
     """A restarted operator adopts the running Job (no second one); deleting the run removes Job and pods."""
-    kubectl.apply(_pvc("artifacts"), namespace)
+    kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(_tiny_run("restart", tiny_model_pvc), namespace)
     wait_for("the trainer running", lambda: kubectl.status(namespace, "restart").get("phase") == "Running",
              timeout=120, interval=0.2)
@@ -117,7 +104,7 @@ def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, ti
 ], ids=["empty-after-refining", "missing-configmap"])
 def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, namespace, tiny_model_pvc,
                                                              overrides, says):
-    kubectl.apply(_pvc("artifacts"), namespace)
+    kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(_tiny_run("broken", tiny_model_pvc, runtime={"backoffLimit": 3}, **overrides), namespace)
 
     def failed():
@@ -138,7 +125,7 @@ def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, 
 def test_final_metrics_arrive_when_status_updates_are_revoked_mid_run(
     kubectl, operator, namespace, tiny_model_pvc, test_node
 ):
-    kubectl.apply(_pvc("artifacts"), namespace)
+    kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(_tiny_run("cut", tiny_model_pvc), namespace)
     wait_for("the trainer's first status update",
              lambda: any(s.get("state") != "Pending" for s in kubectl.status(namespace, "cut").get("steps", [])),

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.cluster.realnode import RealCluster, unavailable_reason
-from tests.conftest import ROOT, Kubectl, wait_for
+from tests.conftest import ROOT, Kubectl, namespace_for, wait_for
 
 RELEASE_NAMESPACE = "lora-system"
 
@@ -67,7 +66,4 @@ def operator_release(real_cluster: RealCluster, rk: Kubectl) -> str:
 
 @pytest.fixture
 def real_namespace(rk: Kubectl) -> Iterator[str]:
-    name = f"r-{uuid.uuid4().hex[:8]}"
-    rk("create", "namespace", name)
-    yield name
-    rk.run("delete", "namespace", name, "--timeout=120s", check=False)
+    yield from namespace_for(rk)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, wait_for
+from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, pvc, wait_for
 from tests.realnode.conftest import RELEASE_NAMESPACE
 
 pytestmark = [pytest.mark.integration, pytest.mark.realnode]
@@ -32,15 +32,8 @@ def _run(name: str, claim: str, **overrides) -> dict:
 
 
 def _claim(rk, namespace: str, name: str) -> Path:
-    rk.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-              "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}}, namespace)
-    return _claim_dir(rk, namespace, name)
-
-
-def _claim_dir(rk, namespace: str, name: str) -> Path:
-    volume = wait_for(f"PVC {name} bound", lambda: (rk.get("pvc", name, namespace) or {})
-                      .get("spec", {}).get("volumeName"), timeout=60)
-    return Path(rk.get("pv", volume, "")["spec"]["hostPath"]["path"])
+    rk.apply(pvc(name, "5Gi"), namespace)
+    return rk.bound_dir(namespace, name)
 
 
 def _pods(rk, namespace: str, run: str) -> list[dict]:
@@ -96,7 +89,7 @@ def test_quickstart_in_the_trainer_image_reaches_succeeded_with_live_columns(rk,
     assert any(s["loss"] is not None and s["stepSummary"].startswith("4/9") for s in running), recorder.seen
     assert status["after"]["evalLoss"] < status["before"]["evalLoss"]
     # Written by the trainer's non-root user onto the claim, through the real mount.
-    adapter = _claim_dir(rk, real_namespace, "lora-artifacts") / real_namespace / "quickstart" / "adapter"
+    adapter = rk.bound_dir(real_namespace, "lora-artifacts") / real_namespace / "quickstart" / "adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_uid == 1000
     assert status["artifacts"]["adapter"] == f"/output/{real_namespace}/quickstart/adapter"
     # The kubelet read the trainer's summary from /dev/termination-log: the fallback when status writes fail.
