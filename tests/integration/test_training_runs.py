@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def tiny_modelpvc(kubectl, namespace, test_node) -> str:
+def tiny_model_pvc(kubectl, namespace, test_node) -> str:
     """A PVC "models" holding a tiny Llama in tiny/, as a model store would; returns the volume's path.
 
     The test node runs pods as local processes and rewrites mount paths only in the command and
