@@ -22,7 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lora_operator import builders, progress  # noqa: E402
+from lora_contract import progress  # noqa: E402
+from lora_operator import builders  # noqa: E402
 from lora_trainer.events import Emitter  # noqa: E402
 from lora_trainer.kube_status import KubeStatusSink  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lora_contract.api import TrainerStatus
+from lora_contract.xp import xp_for
 from tests.cluster.controlplane import ControlPlane
 
 pytest_plugins = ["tests.cluster.fixtures"]
@@ -42,9 +45,11 @@ class Kubectl:
 
     def wait_crd_established(self) -> None:
         # Not `kubectl wait`: right after creation the CRD may have no conditions yet, which it treats as an error.
-        wait_for("the CRD to be Established", lambda: self(
-            "get", "crd/loratrainingjobs.lora.airepublic.io",
-            "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}").strip() == "True", timeout=60)
+        # Nor may the jsonpath filter fail the check: it errors on a CRD whose conditions are still null.
+        wait_for("the CRD to be Established", lambda: self.run(
+            "get", "crd/loratrainingjobs.lora.airepublic.io", "-o",
+            "jsonpath={.status.conditions[?(@.type=='Established')].status}", check=False).stdout.strip() == "True",
+            timeout=60)
 
     def status(self, namespace: str, name: str) -> dict:
         """The status of LoraTrainingJob ``namespace/name`` ({} while it has none or does not exist)."""
@@ -98,7 +103,9 @@ class StatusRecorder(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             s = self.kubectl.status(self.namespace, self.name)
-            snap = {k: s.get(k) for k in ("phase", "stepSummary", "progress", "loss", "trainingStep")}
+            trainer = s.get("trainer") or {}
+            snap = {"phase": s.get("phase"), **{k: trainer.get(k) for k in ("stepSummary", "progress", "loss",
+                                                                             "trainingStep")}}
             if s and (not self.seen or snap != self.seen[-1]):
                 self.seen.append(snap)
             if s.get("phase") in ("Succeeded", "Failed"):
@@ -107,17 +114,20 @@ class StatusRecorder(threading.Thread):
 
 
 def assert_succeeded_with_results(status: dict, namespace: str, name: str) -> None:
-    """A whole run's status: Succeeded, every step done, before/after metrics, improvements and XP."""
+    """A whole run's status: Succeeded, every step done, before/after metrics, improvements, and the XP the
+    operator computes from what the trainer reported."""
     assert status["phase"] == "Succeeded", status.get("message")
-    assert status["progress"] == 100 and status["stepSummary"] == "9/9 improvements"
-    assert all(s["state"] in ("Completed", "Skipped") for s in status["steps"]), status["steps"]
-    assert status["before"]["overall"] is not None and status["after"]["overall"] is not None
-    assert status["before"]["items"] == status["after"]["items"]
-    assert status["improvements"] and status["xp"] > 0 and status["trainItems"] > 0
+    trainer = status["trainer"]
+    assert trainer["progress"] == 100 and trainer["stepSummary"] == "9/9 improvements"
+    assert all(s["state"] in ("Completed", "Skipped") for s in trainer["steps"]), trainer["steps"]
+    assert trainer["before"]["overall"] is not None and trainer["after"]["overall"] is not None
+    assert trainer["before"]["items"] == trainer["after"]["items"]
+    assert trainer["improvements"] and trainer["trainItems"] > 0
+    assert status["xp"] > 0 and status["xp"] == xp_for(TrainerStatus.model_validate(trainer))
     # The process node maps /output to a local folder, so only the run's own part of the path is fixed.
-    assert status["artifacts"]["adapter"].endswith(f"/{namespace}/{name}/adapter")
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True"
+    assert trainer["artifacts"]["adapter"].endswith(f"/{namespace}/{name}/adapter")
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "True" and conditions["XPAwarded"]["status"] == "True"
 
 
 @pytest.fixture(scope="session")
@@ -152,13 +162,47 @@ def namespace_for(kubectl: Kubectl) -> Iterator[str]:
     kubectl.run("delete", "namespace", name, "--timeout=90s", check=False)
 
 
-class OperatorProcess:
-    """``python -m lora_operator`` as a subprocess with the admin kubeconfig (or a given one)."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    def __init__(self, cp: ControlPlane, log_dir: Path, kubeconfig: Path | None = None) -> None:
-        self.cp, self.log_dir, self.kubeconfig = cp, log_dir, kubeconfig
+
+def make_tls(folder: Path, *names: str) -> Path:
+    """A CA and a serving certificate for ``names`` (DNS names or IPs) in ``folder``, as the chart's Secret
+    holds them: ca.crt, tls.crt, tls.key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sans = ",".join(f"IP:{n}" if n.replace(".", "").isdigit() else f"DNS:{n}" for n in names)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lora-test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={names[0]}", "-keyout", "tls.key",
+            "-out", "tls.csr")
+    (folder / "san.ext").write_text(f"subjectAltName={sans}\n")
+    openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", "san.ext", "-out", "tls.crt")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def progress_tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The operator's progress endpoint certificate for a local operator process (trainers reach 127.0.0.1)."""
+    return make_tls(tmp_path_factory.mktemp("progress-tls"), "localhost", "127.0.0.1")
+
+
+class OperatorProcess:
+    """``python -m lora_operator`` as a subprocess with the admin kubeconfig (or a given one), its progress
+    endpoint on a free local port (unless the environment already says where, as the chart's test does)."""
+
+    def __init__(self, cp: ControlPlane, log_dir: Path, kubeconfig: Path | None = None,
+                 tls_dir: Path | None = None) -> None:
+        self.cp, self.log_dir, self.kubeconfig, self.tls_dir = cp, log_dir, kubeconfig, tls_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.port = free_port()  # kept across restarts: running trainers keep their URL
 
     @property
     def log(self) -> Path:
@@ -168,6 +212,11 @@ class OperatorProcess:
         self.starts += 1
         env = self.cp.env()
         env.update(LORA_SYNC_INTERVAL_SECONDS="3", PYTHONUNBUFFERED="1")
+        if self.tls_dir:
+            env.setdefault("LORA_PROGRESS_TLS_DIR", str(self.tls_dir))
+            env.setdefault("LORA_PROGRESS_PORT", str(self.port))
+            env.setdefault("LORA_PROGRESS_URL", f"https://127.0.0.1:{self.port}")
+        env.setdefault("LORA_STATUS_RUN_INTERVAL_SECONDS", "1")
         if self.kubeconfig:
             env["KUBECONFIG"] = str(self.kubeconfig)
         with self.log.open("wb") as out:
@@ -188,8 +237,8 @@ class OperatorProcess:
 
 
 @pytest.fixture
-def operator(control_plane: ControlPlane, crds: None, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(control_plane, tmp_path)
+def operator(control_plane: ControlPlane, crds: None, tmp_path: Path, progress_tls: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(control_plane, tmp_path, tls_dir=progress_tls)
     op.start()
     yield op
     op.stop()

@@ -10,11 +10,12 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lora_operator import api
+from lora_contract import api
 
 MANAGED_BY = "lora-operator"
 JOB_LABEL = f"{api.GROUP}/job"
@@ -23,11 +24,16 @@ CONTAINER = "trainer"
 SPEC_MOUNT = "/etc/lora/spec"
 DATASET_CM_MOUNT = "/etc/lora/datasets"
 TOKEN_MOUNT = "/var/run/lora/token"
+PROGRESS_CA_KEY = "progress-ca.crt"
 OUTPUT_MOUNT = "/output"
 TERMINATION_LOG = "/dev/termination-log"
 # Exit code the trainer uses for an invalid spec or dataset: retrying cannot help.
 EXIT_INVALID_INPUT = 2
-TOKEN_TTL_SECONDS = 3600
+DEFAULT_TLS_DIR = "/etc/lora-operator/tls"
+# The trainer's token is good for the progress endpoint only (its audience), and briefly: the kubelet
+# renews it at 80% of its life; 600 s is the shortest the API allows.
+TOKEN_AUDIENCE = "lora-operator"
+TOKEN_TTL_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,11 @@ class OperatorConfig:
     image_pull_secrets: list[str] = field(default_factory=list)
     # On each run's ServiceAccount, e.g. a cloud workload identity to read models from a bucket.
     service_account_annotations: dict[str, str] = field(default_factory=dict)
+    # Where trainers POST progress (the operator's Service), and the CA that signed its certificate.
+    progress_url: str = ""
+    progress_ca: str = ""
+    # Images whose runs earn XP (the operator trusts their reports); default: the trainer image.
+    trusted_images: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -56,7 +67,20 @@ class OperatorConfig:
             run_as_user=int(env.get("LORA_TRAINER_RUN_AS_USER", default.run_as_user)),
             image_pull_secrets=json.loads(env.get("LORA_TRAINER_IMAGE_PULL_SECRETS", "[]")),
             service_account_annotations=json.loads(env.get("LORA_TRAINER_SERVICE_ACCOUNT_ANNOTATIONS", "{}")),
+            progress_url=env.get("LORA_PROGRESS_URL", "").rstrip("/"),
+            progress_ca=_read(Path(env.get("LORA_PROGRESS_TLS_DIR", DEFAULT_TLS_DIR)) / "ca.crt"),
+            trusted_images=tuple(json.loads(env.get("LORA_TRUSTED_TRAINER_IMAGES", "[]"))
+                                 or [env.get("LORA_TRAINER_IMAGE", default.trainer_image)]),
         )
+
+    def untrusted_image(self, image: str | None) -> str | None:
+        """A run's image (``spec.image``, None for the default) if its reports earn no XP, else None."""
+        image = image or self.trainer_image
+        return None if image in self.trusted_images else image
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 # The CRD limits metadata.name to MAX_NAME_LENGTH so that every child name below stays a
@@ -88,14 +112,22 @@ def spec_yaml(spec: api.LoraTrainingJobSpec) -> str:
     return yaml.safe_dump(spec.model_dump(by_alias=True, exclude_none=True, mode="json"), sort_keys=False)
 
 
-def spec_configmap(name: str, spec: api.LoraTrainingJobSpec) -> dict[str, Any]:
-    """The spec the trainer runs, frozen at creation: later edits do not reach a running Job."""
+def spec_configmap(name: str, spec: api.LoraTrainingJobSpec, cfg: OperatorConfig) -> dict[str, Any]:
+    """The spec the trainer runs, frozen at creation (later edits do not reach a running Job), and the CA
+    that lets the trainer verify the operator's progress endpoint."""
+    data = {"spec.yaml": spec_yaml(spec)}
+    if cfg.progress_ca:
+        data[PROGRESS_CA_KEY] = cfg.progress_ca
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": spec_configmap_name(name), "labels": labels(name)},
-        "data": {"spec.yaml": spec_yaml(spec)},
+        "data": data,
     }
+
+
+def report_url(name: str, namespace: str, cfg: OperatorConfig) -> str:
+    return f"{cfg.progress_url}/v1/namespaces/{namespace}/{api.PLURAL}/{name}/report"
 
 
 def service_account(name: str, cfg: OperatorConfig) -> dict[str, Any]:
@@ -110,34 +142,6 @@ def service_account(name: str, cfg: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def status_role(name: str) -> dict[str, Any]:
-    """Lets this job's trainer patch this resource's status and nothing else."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": service_account_name(name), "labels": labels(name)},
-        "rules": [
-            {
-                "apiGroups": [api.GROUP],
-                "resources": [f"{api.PLURAL}/status"],
-                "resourceNames": [name],
-                "verbs": ["get", "patch"],
-            }
-        ],
-    }
-
-
-def status_role_binding(name: str) -> dict[str, Any]:
-    sa = service_account_name(name)
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": sa, "labels": labels(name)},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
-        "subjects": [{"kind": "ServiceAccount", "name": sa}],
-    }
-
-
 def output_dir(name: str, namespace: str, spec: api.LoraTrainingJobSpec) -> str:
     """Where the run writes inside the container; the whole PVC is mounted at OUTPUT_MOUNT."""
     sub_path = spec.output.sub_path if spec.output.sub_path is not None else f"{namespace}/{name}"
@@ -149,21 +153,16 @@ def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, A
         {"name": "spec", "configMap": {"name": spec_configmap_name(name)}},
         {"name": "tmp", "emptyDir": {}},
         {
-            "name": "status-token",
-            "projected": {
-                "sources": [
-                    {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_TTL_SECONDS}},
-                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                    {"downwardAPI": {"items": [{"path": "namespace",
-                                                "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-                ]
-            },
+            # Good only for the operator's progress endpoint: no RBAC is bound to the run's ServiceAccount.
+            "name": "report-token",
+            "projected": {"sources": [{"serviceAccountToken": {
+                "path": "token", "audience": TOKEN_AUDIENCE, "expirationSeconds": TOKEN_TTL_SECONDS}}]},
         },
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "status-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+        {"name": "report-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
     ]
     if spec.output.claim_name:
         volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": spec.output.claim_name}})
@@ -188,11 +187,14 @@ def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, A
     return volumes, mounts
 
 
-def _env(name: str, spec: api.LoraTrainingJobSpec) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": "LORA_JOB_NAME", "value": name},
-        {"name": "LORA_JOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "LORA_STATUS_TOKEN_DIR", "value": TOKEN_MOUNT},
+def _env(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if cfg.progress_url:
+        env += [{"name": "LORA_REPORT_URL", "value": report_url(name, namespace, cfg)},
+                {"name": "LORA_REPORT_TOKEN", "value": f"{TOKEN_MOUNT}/token"}]
+        if cfg.progress_ca:
+            env.append({"name": "LORA_REPORT_CA", "value": f"{SPEC_MOUNT}/{PROGRESS_CA_KEY}"})
+    env += [
         {"name": "LORA_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
         {"name": "LORA_CONFIGMAP_DIR", "value": DATASET_CM_MOUNT},
         {"name": "HOME", "value": "/tmp"},
@@ -253,7 +255,7 @@ def job(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorC
         "image": spec.image or cfg.trainer_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["lora-trainer", "run", f"{SPEC_MOUNT}/spec.yaml", "--output", output_dir(name, namespace, spec)],
-        "env": _env(name, spec),
+        "env": _env(name, namespace, spec, cfg),
         "resources": _resources(spec),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
@@ -313,8 +315,6 @@ def children(
     """Everything one run needs, in creation order (the Job last: it needs the rest)."""
     return [
         service_account(name, cfg),
-        status_role(name),
-        status_role_binding(name),
-        spec_configmap(name, spec),
+        spec_configmap(name, spec, cfg),
         job(name, namespace, spec, cfg),
     ]

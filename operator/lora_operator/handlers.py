@@ -1,16 +1,19 @@
 """Kopf wiring only: each handler reads, calls a pure function, and writes.
 
-Logic lives in ``builders`` (spec -> objects) and ``status`` (Job/Pods -> status patch).
+Logic lives in ``builders`` (spec -> objects) and ``status`` (Job/Pods -> status). Every status write
+goes through one ``StatusWriter`` (the write budget); trainer reports arrive at ``progress_server``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import os
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -19,14 +22,29 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from lora_operator import api, builders
-from lora_operator.status import TERMINAL, reconcile_status, set_condition, spec_drift
-from lora_operator.validation import describe_validation_error
+from lora_contract import api
+from lora_contract.api import TrainerStatus
+from lora_contract.validation import describe_validation_error
+from lora_operator import builders, progress_server
+from lora_operator import reasons as R
+from lora_operator.status import (
+    TERMINAL,
+    condition_true,
+    parse,
+    reconcile_status,
+    set_condition,
+    spec_drift,
+    status_patch,
+)
+from lora_operator.status_writer import RunKey, StatusWriter
 
 CONFIG = builders.OperatorConfig.from_env()
 # How often each live run's status is re-derived even without Job/Pod events (Stalled).
 SYNC_INTERVAL = float(os.environ.get("LORA_SYNC_INTERVAL_SECONDS", "30"))
 _CHILD_SELECTOR = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
+PROGRESS_PORT = int(os.environ.get("LORA_PROGRESS_PORT", "8443"))
+TLS_DIR = Path(os.environ.get("LORA_PROGRESS_TLS_DIR", builders.DEFAULT_TLS_DIR))
+DIRECTORY = progress_server.RunDirectory()
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -45,7 +63,7 @@ def _lock(namespace: str, name: str) -> threading.Lock:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Annotations only: status belongs to the API, and Argo CD ignores annotations it did not set.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -63,6 +81,37 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kubernetes.config.load_incluster_config()
     else:
         kubernetes.config.load_kube_config()
+    context = progress_server.tls_context(TLS_DIR)
+    WRITER.start()
+    endpoint = progress_server.ProgressEndpoint(progress_server.Reviewer(_token_review), DIRECTORY, WRITER,
+                                                _read_pod_run)
+    memo.endpoint = endpoint
+    memo.runner = await progress_server.serve(endpoint, PROGRESS_PORT, context)
+    memo.certificate = asyncio.create_task(progress_server.keep_certificate_fresh(context, TLS_DIR))
+
+
+@kopf.on.cleanup()
+async def shut_down(memo: kopf.Memo, **_: Any) -> None:
+    memo.certificate.cancel()
+    await memo.runner.cleanup()
+    WRITER.stop()
+
+
+def _token_review(token: str) -> dict[str, Any]:
+    body = kubernetes.client.V1TokenReview(
+        spec=kubernetes.client.V1TokenReviewSpec(token=token, audiences=[builders.TOKEN_AUDIENCE]))
+    review = kubernetes.client.AuthenticationV1Api().create_token_review(body)
+    return kubernetes.client.ApiClient().sanitize_for_serialization(review)
+
+
+def _read_pod_run(namespace: str, pod: str) -> str | None:
+    try:
+        found = kubernetes.client.CoreV1Api().read_namespaced_pod(pod, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return (found.metadata.labels or {}).get(builders.JOB_LABEL)
 
 
 def _custom() -> kubernetes.client.CustomObjectsApi:
@@ -72,6 +121,10 @@ def _custom() -> kubernetes.client.CustomObjectsApi:
 def _patch_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
     _custom().patch_namespaced_custom_object_status(
         api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch})
+
+
+WRITER = StatusWriter(_patch_status, rate=float(os.environ.get("LORA_STATUS_WRITES_PER_SECOND", "20")),
+                      run_interval=float(os.environ.get("LORA_STATUS_RUN_INTERVAL_SECONDS", "5")))
 
 
 class ChildRejected(Exception):
@@ -130,16 +183,21 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
             _create(obj, namespace, meta["uid"])
     except (ValidationError, ChildRejected) as err:
         message = describe_validation_error(err) if isinstance(err, ValidationError) else str(err)
-        conds = set_condition(list(status.get("conditions") or []), "Failed", "True", "InvalidSpec",
-                              message, _now_s(), meta.get("generation"))
-        _patch_status(namespace, name, {"phase": "Failed", "message": message, "conditions": conds,
-                                        "observedGeneration": meta.get("generation")})
-        kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
+        old = parse(dict(status))
+        new = old.model_copy(update={
+            "phase": "Failed", "message": message, "observed_generation": meta.get("generation"),
+            "conditions": set_condition(old.conditions, R.FAILED, "True", R.INVALID_SPEC, message, _now_s(),
+                                        meta.get("generation"))})
+        key = (namespace, name, meta["uid"])
+        DIRECTORY.set_run(namespace, name, meta["uid"], "Failed")
+        with WRITER.exclusive(key):
+            WRITER.write(key, status_patch(old, new), final=True)
+        kopf.event(body, type="Warning", reason=R.INVALID_SPEC, message=message)
         raise kopf.PermanentError(message) from err
     job = builders.job_name(name)
     logger.info("training Job %s is in place", job)
     if status.get("jobName") != job:
-        kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {job}")
+        kopf.event(body, type="Normal", reason=R.JOB_CREATED, message=f"created Job {job}")
     sync(namespace, name)
 
 
@@ -150,7 +208,7 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
     old, new = dict(old or {}), dict(new or {})
     if old.get("suspend") != new.get("suspend") and status.get("phase") not in TERMINAL and new.get("queueName"):
         # Kueue owns Job.spec.suspend of a queued run: unsuspending it here would skip admission.
-        kopf.event(body, type="Warning", reason="SuspendIgnored", message=(
+        kopf.event(body, type="Warning", reason=R.SUSPEND_IGNORED, message=(
             "spec.suspend of a queued run (queueName) is not applied: Kueue admits and suspends its Job; "
             "to pause it, deactivate its Workload (kubectl patch workload NAME --type=merge "
             "-p '{\"spec\":{\"active\":false}}')"))
@@ -158,7 +216,7 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
         suspend = bool(new.get("suspend"))
         kubernetes.client.BatchV1Api().patch_namespaced_job(
             builders.job_name(name), namespace, {"spec": {"suspend": suspend}})
-        kopf.event(body, type="Normal", reason="Suspended" if suspend else "Resumed",
+        kopf.event(body, type="Normal", reason=R.SUSPENDED if suspend else R.RESUMED,
                    message=f"Job {builders.job_name(name)} {'suspended' if suspend else 'resumed'}")
     try:
         frozen = kubernetes.client.CoreV1Api().read_namespaced_config_map(
@@ -171,18 +229,20 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
     # Under the run's lock and on a fresh read: ``sync`` rewrites the conditions list from its own read,
     # and the event's ``status`` may predate this handler's previous write.
     with _lock(namespace, name):
-        conditions = list((_read_run(namespace, name) or {}).get("status", {}).get("conditions") or [])
-        was_ignored = any(c.get("type") == "SpecChangeIgnored" and c.get("status") == "True" for c in conditions)
+        old = parse((_read_run(namespace, name) or {}).get("status"))
+        was_ignored = condition_true(old, R.SPEC_CHANGE_IGNORED)
         if drift or was_ignored:
             message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
                        "applied; create a new LoraTrainingJob to train with them") if drift else \
                 "the spec matches the one this run started with again"
-            conds = set_condition(conditions, "SpecChangeIgnored", "True" if drift else "False",
-                                  "ImmutableAfterStart" if drift else "SpecRestored", message, _now_s(),
-                                  meta.get("generation"))
-            _patch_status(namespace, name, {"conditions": conds})
+            new = old.model_copy(update={"conditions": set_condition(
+                old.conditions, R.SPEC_CHANGE_IGNORED, "True" if drift else "False",
+                R.IMMUTABLE_AFTER_START if drift else R.SPEC_RESTORED, message, _now_s(), meta.get("generation"))})
+            key = (namespace, name, meta["uid"])
+            with WRITER.exclusive(key):
+                WRITER.write(key, status_patch(old, new))
             if drift:
-                kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
+                kopf.event(body, type="Warning", reason=R.SPEC_CHANGE_IGNORED, message=message)
     sync(namespace, name)
 
 
@@ -192,10 +252,28 @@ def periodic_sync(name: str, namespace: str, **_: Any) -> None:
     sync(namespace, name)
 
 
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def run_event(type: str | None, name: str, namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted run: forget it (an event, not a deletion handler, which would need a finalizer)."""
+    if type == "DELETED":
+        key = (namespace, name, meta["uid"])
+        DIRECTORY.drop_run(namespace, name)
+        WRITER.forget(key)
+        memo.endpoint.forget(key)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=_CHILD_SELECTOR)
-@kopf.on.event("", "v1", "pods", labels=_CHILD_SELECTOR)
-def child_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+def job_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
     owner = labels.get(builders.JOB_LABEL)
+    if owner:
+        sync(namespace, owner)
+
+
+@kopf.on.event("", "v1", "pods", labels=_CHILD_SELECTOR)
+def pod_changed(labels: kopf.Labels, namespace: str, uid: str, type: str | None, **_: Any) -> None:
+    owner = labels.get(builders.JOB_LABEL)
+    # The endpoint learns which run each pod belongs to from this watch, not from a read per report.
+    DIRECTORY.set_pod(uid, namespace, None if type == "DELETED" else owner)
     if owner:
         sync(namespace, owner)
 
@@ -227,10 +305,15 @@ def sync(namespace: str, name: str) -> None:
             kubernetes.client.CoreV1Api().list_namespaced_pod(
                 namespace, label_selector=f"batch.kubernetes.io/job-name={builders.job_name(name)}").items)
         stall = int((spec.get("runtime") or {}).get("stallTimeoutSeconds") or 900)
-        patch, events = reconcile_status(
-            obj.get("status") or {}, job, pods, now=_now(), generation=obj["metadata"].get("generation"),
-            stall_timeout=stall, queued=bool(spec.get("queueName")))
-        if patch:
-            _patch_status(namespace, name, patch)
+        uid = obj["metadata"]["uid"]
+        key: RunKey = (namespace, name, uid)
+        old = parse(obj.get("status"))
+        with WRITER.exclusive(key) as report:
+            seen = old if report is None else old.model_copy(update={"trainer": TrainerStatus.model_validate(report)})
+            new, events = reconcile_status(
+                seen, job, pods, now=_now(), generation=obj["metadata"].get("generation"), stall_timeout=stall,
+                queued=bool(spec.get("queueName")), untrusted_image=CONFIG.untrusted_image(spec.get("image")))
+            DIRECTORY.set_run(namespace, name, uid, new.phase)
+            WRITER.write(key, status_patch(old, new), final=new.phase in TERMINAL)
         for event in events:
             kopf.event(obj, type=event.type, reason=event.reason, message=event.message)

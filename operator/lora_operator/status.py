@@ -1,9 +1,10 @@
-"""Pure status logic of the operator: Job and Pod state in, a status patch and events out.
+"""Pure status logic of the operator: Job and Pod state in, a new status and events out.
 
-The operator owns ``phase``, ``conditions``, ``message``, ``jobName`` and the timestamps;
-the trainer owns the progress fields (see ``progress``). At the end the operator also
-merges the trainer's final summary from the pod's termination message, so a run whose
-last direct status update failed still ends with its metrics in the status.
+The operator is the only writer of the status. It owns ``phase``, ``conditions``, ``message``,
+``xp``, ``jobName`` and the timestamps, and keeps what the trainer reports in ``trainer``
+(``progress_server`` accepts the reports). At the end it also merges the trainer's final
+summary from the pod's termination message, validated like a report, so a run whose last
+report never arrived still ends with its metrics; and it awards XP for a Succeeded run.
 """
 
 from __future__ import annotations
@@ -13,11 +14,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from lora_operator import builders, progress
-from lora_operator.api import PIPELINE_STEPS, LoraTrainingJobSpec, Phase
+from pydantic import ValidationError
+
+from lora_contract import progress
+from lora_contract.api import (
+    PIPELINE_STEPS,
+    Condition,
+    LoraTrainingJobSpec,
+    LoraTrainingJobStatus,
+    Phase,
+    TrainerStatus,
+)
+from lora_contract.xp import xp_for
+from lora_operator import builders
+from lora_operator import reasons as R
 
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
-CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Stalled", "QualityRegressed")
 
 
 @dataclass(frozen=True)
@@ -57,18 +69,18 @@ def _newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
 
 
-def termination_summary(pods: list[dict[str, Any]], phase: str) -> dict[str, Any] | None:
-    """The trainer's final JSON summary from the newest pod that ended in ``phase``."""
+def termination_summary(pods: list[dict[str, Any]], phase: str) -> TrainerStatus | None:
+    """The trainer's final summary from the newest pod that ended in ``phase``, validated like a report
+    (anything else in the termination message, such as a log tail, is not a summary)."""
     ended = [p for p in pods if (p.get("status") or {}).get("phase") == phase]
     pod = _newest(ended)
     term = _terminated(pod) if pod else None
     text = (term or {}).get("message") or ""
     try:
-        # NaN/Infinity (not JSON, but Python writes them) would make the apiserver refuse the status patch.
-        summary = json.loads(text, parse_constant=lambda _: None)
-    except ValueError:
+        # NaN/Infinity (not JSON, but Python writes them) become null rather than costing the whole summary.
+        return TrainerStatus.model_validate(json.loads(text, parse_constant=lambda _: None))
+    except (ValueError, ValidationError):
         return None
-    return summary if isinstance(summary, dict) else None
 
 
 def _failure_detail(pods: list[dict[str, Any]]) -> tuple[str, str]:
@@ -78,7 +90,7 @@ def _failure_detail(pods: list[dict[str, Any]]) -> tuple[str, str]:
         return "", ""
     term = _terminated(pod) or {}
     summary = termination_summary([pod], "Failed")
-    detail = (summary or {}).get("message") or (term.get("message") or "").strip()
+    detail = (summary.message if summary else None) or (term.get("message") or "").strip()
     reason = term.get("reason") or (pod.get("status") or {}).get("reason") or "Error"
     code = term.get("exitCode")
     head = f"pod {pod['metadata']['name']}: {reason}" + (f", exit code {code}" if code is not None else "")
@@ -86,36 +98,36 @@ def _failure_detail(pods: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 # The trainer is done and the Job controller has not marked the Job Complete yet.
-_FINISHING = Observation("Running", "Finishing", "the trainer finished; the Job is completing")
+_FINISHING = Observation("Running", R.FINISHING, "the trainer finished; the Job is completing")
 
 
 def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool = False) -> Observation:
     """Where the run is, from the Job and its pods alone."""
     if job is None:
-        return Observation("Pending", "JobNotCreated", "the training Job is being created")
+        return Observation("Pending", R.JOB_NOT_CREATED, "the training Job is being created")
     conds = _true_conditions(job)
     if "Complete" in conds:
-        return Observation("Succeeded", "Completed", "training finished")
+        return Observation("Succeeded", R.COMPLETED, "training finished")
     if "Failed" in conds:
         cond = conds["Failed"]
         detail, container_reason = _failure_detail(pods)
         message = cond.get("message") or cond.get("reason") or "the Job failed"
         message = f"{message}; {detail}" if detail else message
-        if container_reason == "OOMKilled":
+        if container_reason == R.OOM_KILLED:
             # The Job's reason (BackoffLimitExceeded) hides the cause a user can act on.
-            return Observation("Failed", "OOMKilled", f"{message}; the trainer used more memory than its limit: "
+            return Observation("Failed", R.OOM_KILLED, f"{message}; the trainer used more memory than its limit: "
                                "raise spec.resources.memory, or lower lora.batchSize or lora.maxLength")
-        return Observation("Failed", cond.get("reason") or "JobFailed", message)
+        return Observation("Failed", cond.get("reason") or R.JOB_FAILED, message)
     # Kubernetes 1.31+ sets these first and the terminal condition once the pods are gone: the run
     # must not flap back to Pending ("waiting for the trainer pod") in between.
     if "SuccessCriteriaMet" in conds:
         return _FINISHING
     if "FailureTarget" in conds:
-        return Observation("Running", "Failing", conds["FailureTarget"].get("message") or "the Job is failing")
+        return Observation("Running", R.FAILING, conds["FailureTarget"].get("message") or "the Job is failing")
     if (job.get("spec") or {}).get("suspend"):
         if queued:
-            return Observation("Suspended", "Queued", "waiting for admission by Kueue")
-        return Observation("Suspended", "Suspended", "the Job is suspended (spec.suspend)")
+            return Observation("Suspended", R.QUEUED, "waiting for admission by Kueue")
+        return Observation("Suspended", R.SUSPENDED, "the Job is suspended (spec.suspend)")
 
     live = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")
             and not p["metadata"].get("deletionTimestamp")]
@@ -126,62 +138,54 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
         if any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
             # The pod is done; the Job controller marks the Job Complete a moment later.
             return _FINISHING
-        return Observation("Pending", "CreatingPod", "waiting for the trainer pod" + retry)
+        return Observation("Pending", R.CREATING_POD, "waiting for the trainer pod" + retry)
     status = pod.get("status") or {}
     if status.get("phase") == "Running":
-        return Observation("Running", "TrainerRunning", f"pod {pod['metadata']['name']} is running" + retry)
+        return Observation("Running", R.TRAINER_RUNNING, f"pod {pod['metadata']['name']} is running" + retry)
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return Observation("Pending", cond.get("reason") or "Unschedulable", cond.get("message") or "")
+            return Observation("Pending", cond.get("reason") or R.UNSCHEDULABLE, cond.get("message") or "")
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting")
         if waiting:
-            return Observation("Pending", waiting.get("reason") or "Waiting", waiting.get("message") or "")
-    return Observation("Pending", "PodPending", f"pod {pod['metadata']['name']} is pending" + retry)
+            return Observation("Pending", waiting.get("reason") or R.WAITING, waiting.get("message") or "")
+    return Observation("Pending", R.POD_PENDING, f"pod {pod['metadata']['name']} is pending" + retry)
 
 
-def set_condition(
-    conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,
-    now: str, generation: int | None,
-) -> list[dict[str, Any]]:
+def set_condition(conditions: list[Condition], type_: str, status: str, reason: str, message: str,
+                  now: str, generation: int | None) -> list[Condition]:
     """Upsert one condition; lastTransitionTime changes only when ``status`` does."""
-    out = [dict(c) for c in conditions]
+    out = [c.model_copy() for c in conditions]
     for cond in out:
-        if cond["type"] == type_:
-            if cond["status"] != status:
-                cond["lastTransitionTime"] = now
-            cond.update(status=status, reason=reason, message=message[:1024])
+        if cond.type == type_:
+            if cond.status != status:
+                cond.last_transition_time = now
+            cond.status, cond.reason, cond.message = status, reason, message[:1024]  # type: ignore[assignment]
             if generation is not None:
-                cond["observedGeneration"] = generation
+                cond.observed_generation = generation
             return out
-    new = {"type": type_, "status": status, "reason": reason, "message": message[:1024],
-           "lastTransitionTime": now}
-    if generation is not None:
-        new["observedGeneration"] = generation
-    return [*out, new]
+    return [*out, Condition(type=type_, status=status, reason=reason, message=message[:1024],  # type: ignore[arg-type]
+                            last_transition_time=now, observed_generation=generation)]
 
 
-def merge_summary(status: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    """Fields of the trainer's final summary that the status lacks or has older values of."""
-    patch: dict[str, Any] = {}
-    for key, value in summary.items():
-        if key == "steps":
-            current = {s["name"]: s for s in status.get("steps") or []}
-            merged = []
-            for name in PIPELINE_STEPS:
-                step = dict(current.get(name) or {"name": name})
-                final = next((s for s in value if s.get("name") == name), None)
-                if final:
-                    step["state"] = final["state"]
-                merged.append(step)
-            if merged != status.get("steps"):
-                patch["steps"] = merged
-        elif key == "lossHistory":
-            if len(value) > len(status.get("lossHistory") or []):
-                patch[key] = value
-        elif status.get(key) != value:
-            patch[key] = value
-    return patch
+def condition_true(status: LoraTrainingJobStatus, type_: str) -> bool:
+    return any(c.type == type_ and c.status == "True" for c in status.conditions)
+
+
+def merge_summary(trainer: TrainerStatus | None, summary: TrainerStatus) -> TrainerStatus:
+    """The reported state with the final summary's fields laid over it (the summary is the newest word);
+    step states by name, and the longer loss history."""
+    merged = (trainer or progress.initial_status()).model_copy(deep=True)
+    for field in summary.model_fields_set - {"steps", "loss_history"}:
+        setattr(merged, field, getattr(summary, field))
+    final = {s.name: s.state for s in summary.steps}
+    current = {s.name: s for s in merged.steps}
+    merged.steps = [current.get(name) or progress.StepStatus(name=name) for name in PIPELINE_STEPS]
+    for step in merged.steps:
+        step.state = final.get(step.name, step.state)
+    if len(summary.loss_history) > len(merged.loss_history):
+        merged.loss_history = summary.loss_history
+    return merged
 
 
 def spec_drift(frozen: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -197,45 +201,66 @@ def spec_drift(frozen: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
 
 
-def _quality_regressed(status: dict[str, Any]) -> tuple[bool, str] | None:
+def _quality_regressed(trainer: TrainerStatus | None) -> tuple[bool, str] | None:
     """The complexity-weighted overall score: the quality number improvements and XP use too."""
-    before, after = status.get("before") or {}, status.get("after") or {}
-    b, a = before.get("weightedOverall"), after.get("weightedOverall")
+    if trainer is None or trainer.before is None or trainer.after is None:
+        return None
+    b, a = trainer.before.weighted_overall, trainer.after.weighted_overall
     if b is None or a is None:
         return None
-    regressed = a < b
-    loss_b, loss_a = before.get("evalLoss"), after.get("evalLoss")
+    loss_b, loss_a = trainer.before.eval_loss, trainer.after.eval_loss
     loss = f"; held-out loss {loss_b:.4f} -> {loss_a:.4f}" if loss_b is not None and loss_a is not None else ""
-    return regressed, f"weighted overall quality {b:.1f} -> {a:.1f}{loss}"
+    return a < b, f"weighted overall quality {b:.1f} -> {a:.1f}{loss}"
 
 
-def _stalled(status: dict[str, Any], phase: str, now: datetime, timeout: int) -> tuple[bool, str]:
-    if phase != "Running":
+def _stalled(status: LoraTrainingJobStatus, now: datetime, timeout: int) -> tuple[bool, str]:
+    if status.phase != "Running":
         return False, "not running"
-    last = _parse_time(status.get("lastProgressTime")) or _parse_time(status.get("startTime"))
+    last = _parse_time(status.trainer.last_progress_time if status.trainer else None) \
+        or _parse_time(status.start_time)
     if last is None:
         return False, "no progress reported yet"
     idle = (now - last).total_seconds()
     if idle > timeout:
         return True, f"no progress for {int(idle)}s (stallTimeoutSeconds={timeout})"
-    return False, f"last progress {int(idle)}s ago"
+    # No changing number here: an unchanged condition costs no status write.
+    return False, f"progress reported within stallTimeoutSeconds={timeout}"
 
 
-def job_gone(status: dict[str, Any]) -> Observation:
+def job_gone(status: LoraTrainingJobStatus) -> Observation:
     """The run's Job existed and is gone before the operator saw it end: deleted by hand, or removed by
     ttlSecondsAfterFinished while the operator was away. It is never created again (that would train
-    twice); the trainer's own status says whether it finished."""
-    job = status["jobName"]
-    steps = status.get("steps") or []
-    if steps and all(s.get("state") in ("Completed", "Skipped") for s in steps):
-        return Observation("Succeeded", "JobRemoved", f"Job {job} was removed after the trainer finished; "
+    twice); the trainer's reports say whether it finished."""
+    job = status.job_name
+    steps = status.trainer.steps if status.trainer else []
+    if steps and all(s.state in ("Completed", "Skipped") for s in steps):
+        return Observation("Succeeded", R.JOB_REMOVED, f"Job {job} was removed after the trainer finished; "
                            "results as the trainer reported them")
-    return Observation("Failed", "JobDeleted", f"Job {job} was deleted before it finished; create a new "
+    return Observation("Failed", R.JOB_DELETED, f"Job {job} was deleted before it finished; create a new "
                        "LoraTrainingJob to train again")
 
 
+def _award(status: LoraTrainingJobStatus, untrusted_image: str | None) -> tuple[str, str, str] | None:
+    """XP for a Succeeded run, and the XPAwarded condition (status, reason, message); None while there is
+    nothing to say yet."""
+    if untrusted_image is not None:
+        status.xp = None
+        return "False", R.UNTRUSTED_IMAGE, (f"image {untrusted_image} is not one of the operator's trusted trainer "
+                                            "images (chart value trainer.trustedImages): the run trains and reports, "
+                                            "but earns no XP")
+    if status.phase == "Failed":
+        status.xp = None
+        return "False", R.NOT_SUCCEEDED, "only a Succeeded run earns XP"
+    if status.phase != "Succeeded" or status.trainer is None:
+        return None
+    status.xp = xp_for(status.trainer)
+    if status.xp is None:
+        return "False", R.NOT_SUCCEEDED, "the trainer reported no training items"
+    return "True", R.AWARDED, f"{status.xp} XP for {status.trainer.train_items} distinct training items"
+
+
 def reconcile_status(
-    status: dict[str, Any],
+    status: LoraTrainingJobStatus,
     job: dict[str, Any] | None,
     pods: list[dict[str, Any]],
     *,
@@ -243,71 +268,85 @@ def reconcile_status(
     generation: int | None,
     stall_timeout: int,
     queued: bool = False,
-) -> tuple[dict[str, Any], list[KubeEvent]]:
-    """The status patch (changed fields only) and the events for one look at the world."""
+    untrusted_image: str | None = None,
+) -> tuple[LoraTrainingJobStatus, list[KubeEvent]]:
+    """The new status and the events for one look at the world (``status`` is not modified).
+
+    ``untrusted_image`` names the run's image when it is not one the operator trusts to report honestly:
+    such a run earns no XP."""
     now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    old_phase = status.get("phase")
-    obs = job_gone(status) if job is None and status.get("jobName") and old_phase not in TERMINAL \
+    old_phase = status.phase
+    new = status.model_copy(deep=True)
+    obs = job_gone(status) if job is None and status.job_name and old_phase not in TERMINAL \
         else observe(job, pods, queued)
     if old_phase in TERMINAL:  # a finished run never changes phase again
-        ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
-        obs = Observation(old_phase, ready.get("reason") or old_phase, status.get("message") or "")
-    patch: dict[str, Any] = {}
+        ready = next((c for c in status.conditions if c.type == R.READY), None)
+        obs = Observation(old_phase, ready.reason if ready else old_phase, status.message or "")
     events: list[KubeEvent] = []
 
-    if not status.get("steps"):
-        patch.update(progress.initial_status())
+    if new.trainer is None:
+        new.trainer = progress.initial_status()
     if obs.phase in TERMINAL and old_phase not in TERMINAL:
         summary = termination_summary(pods, obs.phase)
         if summary:
-            patch.update(merge_summary({**status, **patch}, summary))
-        patch["completionTime"] = now_s
+            new.trainer = merge_summary(new.trainer, summary)
+        new.completion_time = now_s
         if obs.phase == "Failed":
-            steps = [dict(s) for s in (patch.get("steps") or status.get("steps") or [])]
-            for step in steps:
-                if step.get("state") == "Active":
-                    step.update(state="Failed", endTime=now_s)
-            if steps:
-                patch["steps"] = steps
+            for step in new.trainer.steps:
+                if step.state == "Active":
+                    step.state, step.end_time = "Failed", now_s
     if old_phase != obs.phase:
-        patch["phase"] = obs.phase
-        if obs.phase == "Running" and not status.get("startTime"):
-            patch["startTime"] = now_s
-        kind = "Warning" if obs.phase == "Failed" or obs.reason == "Unschedulable" else "Normal"
+        new.phase = obs.phase
+        if obs.phase == "Running" and not status.start_time:
+            new.start_time = now_s
+        kind = "Warning" if obs.phase == "Failed" or obs.reason == R.UNSCHEDULABLE else "Normal"
         events.append(KubeEvent(kind, obs.phase, f"{obs.reason}: {obs.message}" if obs.message else obs.reason))
-    if old_phase not in TERMINAL and status.get("message") != obs.message:
-        patch["message"] = obs.message
-    if job is not None and status.get("jobName") != job["metadata"]["name"]:
-        patch["jobName"] = job["metadata"]["name"]
+    if old_phase not in TERMINAL:
+        new.message = obs.message
+    if job is not None:
+        new.job_name = job["metadata"]["name"]
 
-    merged = {**status, **patch}
-    phase = merged["phase"]
-    conds = list(status.get("conditions") or [])
-    ready_reason = "Succeeded" if phase == "Succeeded" else obs.reason
-    conds = set_condition(conds, "Ready", "True" if phase == "Succeeded" else "False", ready_reason,
-                          obs.message, now_s, generation)
-    conds = set_condition(conds, "Running", "True" if phase == "Running" else "False", obs.reason,
-                          obs.message, now_s, generation)
-    conds = set_condition(conds, "Succeeded", "True" if phase == "Succeeded" else "False", obs.reason,
-                          obs.message, now_s, generation)
-    conds = set_condition(conds, "Failed", "True" if phase == "Failed" else "False", obs.reason,
-                          obs.message if phase == "Failed" else "", now_s, generation)
-    stalled, why = _stalled(merged, phase, now, stall_timeout)
-    was_stalled = any(c["type"] == "Stalled" and c["status"] == "True" for c in conds)
-    conds = set_condition(conds, "Stalled", "True" if stalled else "False",
-                          "NoProgress" if stalled else "Progressing", why, now_s, generation)
+    phase = new.phase
+
+    def cond(type_: str, true: bool, reason: str, message: str) -> None:
+        new.conditions = set_condition(new.conditions, type_, "True" if true else "False", reason, message,
+                                       now_s, generation)
+
+    cond(R.READY, phase == "Succeeded", "Succeeded" if phase == "Succeeded" else obs.reason, obs.message)
+    cond(R.RUNNING, phase == "Running", obs.reason, obs.message)
+    cond(R.SUCCEEDED, phase == "Succeeded", obs.reason, obs.message)
+    cond(R.FAILED, phase == "Failed", obs.reason, obs.message if phase == "Failed" else "")
+    stalled, why = _stalled(new, now, stall_timeout)
+    was_stalled = condition_true(status, R.STALLED)
+    cond(R.STALLED, stalled, R.NO_PROGRESS if stalled else R.PROGRESSING, why)
     if stalled and not was_stalled:
-        events.append(KubeEvent("Warning", "Stalled", why))
-    quality = _quality_regressed(merged)
+        events.append(KubeEvent("Warning", R.STALLED, why))
+    quality = _quality_regressed(new.trainer)
     if quality is not None:
         regressed, why = quality
-        was_regressed = any(c["type"] == "QualityRegressed" and c["status"] == "True" for c in conds)
-        conds = set_condition(conds, "QualityRegressed", "True" if regressed else "False",
-                              "AfterWorseThanBefore" if regressed else "NoRegression", why, now_s, generation)
-        if regressed and not was_regressed:
-            events.append(KubeEvent("Warning", "QualityRegressed", why))
-    if conds != status.get("conditions"):
-        patch["conditions"] = conds
-    if generation is not None and status.get("observedGeneration") != generation:
-        patch["observedGeneration"] = generation
-    return patch, events
+        cond(R.QUALITY_REGRESSED, regressed, R.AFTER_WORSE_THAN_BEFORE if regressed else R.NO_REGRESSION, why)
+        if regressed and not condition_true(status, R.QUALITY_REGRESSED):
+            events.append(KubeEvent("Warning", R.QUALITY_REGRESSED, why))
+    if old_phase not in TERMINAL or untrusted_image is not None:
+        award = _award(new, untrusted_image)
+        if award is not None:
+            cond(R.XP_AWARDED, award[0] == "True", award[1], award[2])
+            if award[0] == "True" and not condition_true(status, R.XP_AWARDED):
+                events.append(KubeEvent("Normal", R.AWARDED, award[2]))
+    if generation is not None:
+        new.observed_generation = generation
+    return new, events
+
+
+def status_patch(old: LoraTrainingJobStatus, new: LoraTrainingJobStatus) -> dict[str, Any]:
+    """The merge patch from ``old`` to ``new``: changed top-level fields, whole (the API edge)."""
+    a, b = dump(old), dump(new)
+    return {k: v for k, v in b.items() if a.get(k) != v}
+
+
+def dump(status: LoraTrainingJobStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def parse(status: dict[str, Any] | None) -> LoraTrainingJobStatus:
+    return LoraTrainingJobStatus.model_validate(status or {})

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from lupa import lua51
 
-from lora_operator.status import reconcile_status, set_condition
+from lora_operator.status import dump, parse, reconcile_status, set_condition
 from tests.chart.conftest import CHART
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,10 +50,9 @@ def _running_pod() -> dict[str, Any]:
 
 def _status(job: dict[str, Any] | None, pods: Sequence[dict[str, Any]] = (), before: dict[str, Any] | None = None,
             now: datetime = NOW) -> dict[str, Any]:
-    """The status the operator's own reconciliation writes, on top of ``before``."""
-    before = before or {}
-    patch, _ = reconcile_status(before, job, list(pods), now=now, generation=1, stall_timeout=900)
-    return {**before, **patch}
+    """The status the operator's own reconciliation writes, from ``before``."""
+    new, _ = reconcile_status(parse(before), job, list(pods), now=now, generation=1, stall_timeout=900)
+    return dump(new)
 
 
 def test_no_status_yet_is_progressing() -> None:
@@ -68,19 +67,19 @@ def test_pending_is_progressing_with_the_reason() -> None:
 
 def test_running_is_progressing_with_step_and_progress() -> None:
     status = _status(_job(), [_running_pod()])
-    status.update(stepSummary="4/9 training", progress=41, lastProgressTime="2026-01-01T11:59:00Z")
+    status["trainer"].update(stepSummary="4/9 training", progress=41, lastProgressTime="2026-01-01T11:59:00Z")
     status = _status(_job(), [_running_pod()], before=status)
     assert health(_ltj(status)) == {"status": "Progressing", "message": "Training: 4/9 training (41%)"}
 
 
 def test_stalled_run_is_degraded_until_it_progresses_again() -> None:
     status = _status(_job(), [_running_pod()])
-    status.update(stepSummary="4/9 training", progress=41, lastProgressTime="2026-01-01T11:00:00Z")
+    status["trainer"].update(stepSummary="4/9 training", progress=41, lastProgressTime="2026-01-01T11:00:00Z")
     stalled = _status(_job(), [_running_pod()], before=status)
     result = health(_ltj(stalled))
     assert result["status"] == "Degraded"
     assert result["message"] == "Stalled at 4/9 training (41%): no progress for 3600s (stallTimeoutSeconds=900)"
-    stalled["lastProgressTime"] = "2026-01-01T12:05:00Z"
+    stalled["trainer"]["lastProgressTime"] = "2026-01-01T12:05:00Z"
     recovered = _status(_job(), [_running_pod()], before=stalled, now=NOW + timedelta(minutes=6))
     assert health(_ltj(recovered))["status"] == "Progressing"
 
@@ -91,11 +90,12 @@ def test_suspended_is_suspended() -> None:
 
 
 def test_succeeded_is_healthy_and_says_so_when_quality_regressed() -> None:
-    better = _status(_job(condition="Complete"), before={"xp": 404, "before": {"weightedOverall": 50.0},
-                                                         "after": {"weightedOverall": 71.5}})
-    assert health(_ltj(better)) == {"status": "Healthy", "message": "Succeeded with 404 XP"}
-    worse = _status(_job(condition="Complete"), before={"xp": 3, "before": {"weightedOverall": 62.0},
-                                                        "after": {"weightedOverall": 58.3}})
+    better = _status(_job(condition="Complete"), before={"trainer": {
+        "trainItems": 120, "before": {"weightedOverall": 50.0}, "after": {"weightedOverall": 71.5}}})
+    assert better["xp"] > 0
+    assert health(_ltj(better)) == {"status": "Healthy", "message": f"Succeeded with {better['xp']} XP"}
+    worse = _status(_job(condition="Complete"), before={"trainer": {
+        "trainItems": 3, "before": {"weightedOverall": 62.0}, "after": {"weightedOverall": 58.3}}})
     assert health(_ltj(worse)) == {
         "status": "Healthy",
         "message": "Succeeded, but the adapter is worse than the base model: weighted overall quality 62.0 -> 58.3"}
@@ -108,11 +108,11 @@ def test_failed_is_degraded_with_the_reason() -> None:
 
 
 def test_ignored_spec_change_is_degraded() -> None:
-    status = _status(_job(suspend=True))
+    status = parse(_status(_job(suspend=True)))
     message = "spec fields lora changed after the Job was created and are not applied to this run"
-    status["conditions"] = set_condition(status["conditions"], "SpecChangeIgnored", "True", "ImmutableAfterStart",
-                                         message, "2026-01-01T12:00:00Z", 1)
-    assert health(_ltj(status)) == {"status": "Degraded", "message": message}
+    status.conditions = set_condition(status.conditions, "SpecChangeIgnored", "True", "ImmutableAfterStart",
+                                      message, "2026-01-01T12:00:00Z", 1)
+    assert health(_ltj(dump(status))) == {"status": "Degraded", "message": message}
 
 
 def test_unknown_phase_is_unknown() -> None:

@@ -3,11 +3,12 @@
 There is no container runtime here, so the chart's Deployment is installed with ``replicas=0``
 and the operator runs as a local process instead, with the Deployment's environment and a
 token of the chart's ServiceAccount (TokenRequest API): every API call it makes is authorized
-exactly as in the pod.
+exactly as in the pod. Its progress endpoint listens on a local port, with the chart's Secret.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import yaml
 
 from tests.chart.conftest import CHART, run_helm
 from tests.cluster.controlplane import ControlPlane
-from tests.conftest import Kubectl, OperatorProcess, wait_for
+from tests.conftest import Kubectl, OperatorProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +82,14 @@ def _service_account_kubeconfig(cp: ControlPlane, kubectl: Kubectl, namespace: s
     return path
 
 
+def _secret_dir(kubectl: Kubectl, name: str, namespace: str, path: Path) -> Path:
+    """The Secret's keys as files in ``path``, as the pod's volume would hold them."""
+    path.mkdir()
+    for key, value in kubectl.get("secret", name, namespace)["data"].items():
+        (path / key).write_bytes(base64.b64decode(value))
+    return path
+
+
 def _can(kubectl: Kubectl, user: str, *args: str) -> bool:
     proc = kubectl.run("auth", "can-i", *args, f"--as={user}", check=False)
     return proc.stdout.strip() == "yes"
@@ -102,6 +111,12 @@ def test_chart_rbac_runs_the_operator_and_nothing_more(
     sa = pod["serviceAccountName"]
     for env in pod["containers"][0]["env"]:
         monkeypatch.setenv(env["name"], env["value"])
+    # The process runs on this machine: the endpoint on a free local port, with the chart's generated Secret.
+    tls = next(v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "progress-tls")
+    port = free_port()
+    monkeypatch.setenv("LORA_PROGRESS_TLS_DIR", str(_secret_dir(kubectl, tls, system, tmp_path / "tls")))
+    monkeypatch.setenv("LORA_PROGRESS_PORT", str(port))
+    monkeypatch.setenv("LORA_PROGRESS_URL", f"https://127.0.0.1:{port}")
 
     op = OperatorProcess(control_plane, tmp_path,
                          kubeconfig=_service_account_kubeconfig(control_plane, kubectl, system, sa,
@@ -115,8 +130,7 @@ def test_chart_rbac_runs_the_operator_and_nothing_more(
         job = kubectl.get("job", "rbac-train", work)
         assert job["spec"]["suspend"] is True
         assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"{TRAINER_REPOSITORY}:{TRAINER_TAG}"
-        for kind, name in [("serviceaccount", "rbac-trainer"), ("role", "rbac-trainer"),
-                           ("rolebinding", "rbac-trainer"), ("configmap", "rbac-spec")]:
+        for kind, name in [("serviceaccount", "rbac-trainer"), ("configmap", "rbac-spec")]:
             assert kubectl.get(kind, name, work), kind
         events = kubectl("get", "events", "-n", work, "--field-selector", "involvedObject.name=rbac")
         assert "JobCreated" in events
@@ -151,9 +165,30 @@ def test_chart_rbac_runs_the_operator_and_nothing_more(
     denied = [("get", "secrets", "-n", work), ("delete", "secrets", "-n", work), ("create", "pods", "-n", work),
               ("delete", "jobs", "-n", work), ("delete", "loratrainingjobs", "-n", work),
               ("update", "loratrainingjobs", "-n", work), ("escalate", "roles", "-n", work),
+              ("create", "roles", "-n", work), ("create", "rolebindings", "-n", work),
               ("bind", "clusterroles"), ("create", "clusterrolebindings"), ("get", "nodes")]
     if mode == "namespaced":
         denied += [("create", "jobs", "-n", other), ("list", "loratrainingjobs", "-A"),
                    ("patch", "loratrainingjobs", "-n", other)]
     assert not [d for d in denied if _can(kubectl, user, *d)], "the operator may do more than it needs"
     assert _can(kubectl, user, "patch", "loratrainingjobs", "--subresource=status", "-n", work)
+    assert _can(kubectl, user, "get", "pods", "-n", work) and _can(kubectl, user, "create", "tokenreviews")
+
+
+def test_upgrade_keeps_the_generated_tls_secret(
+    control_plane: ControlPlane, kubectl: Kubectl, helm: Path, install, make_namespace,
+) -> None:
+    """Running trainers trust the CA they started with: an upgrade must not generate a new one."""
+    namespace = make_namespace()
+    release = install(namespace)
+
+    def tls() -> tuple[dict, str]:
+        deploy = kubectl.get("deployment", f"{release}-lora-operator", namespace)
+        secret = kubectl.get("secret", f"{release}-lora-operator-progress-tls", namespace)
+        return secret["data"], deploy["spec"]["template"]["metadata"]["annotations"]["checksum/progress-tls"]
+
+    before = tls()
+    proc = run_helm(helm, "upgrade", release, str(CHART), "-n", namespace, "--reuse-values",
+                    "--set", "statusWrites.perSecond=5", env=control_plane.env())
+    assert proc.returncode == 0, proc.stderr
+    assert tls() == before

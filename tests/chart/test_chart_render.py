@@ -1,7 +1,13 @@
-"""The Helm chart rendered without a cluster: CRD copy, lint, Deployment, RBAC, values and schema."""
+"""The Helm chart rendered without a cluster: CRD copy, lint, Deployment, RBAC, progress endpoint, values and
+schema."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,13 +29,16 @@ NAMESPACED_RULES = [
     _rule("lora.airepublic.io", "loratrainingjobs/status", "get patch"),
     _rule("lora.airepublic.io", "loratrainingjobs/finalizers", "update"),
     _rule("batch", "jobs", "get list watch create patch"),
-    _rule("", "pods", "list watch"),
+    _rule("", "pods", "get list watch"),
     _rule("", "serviceaccounts configmaps", "get create"),
-    _rule("rbac.authorization.k8s.io", "roles rolebindings", "get create"),
     _rule("", "events", "create"),
 ]
 CRD_RULE = _rule("apiextensions.k8s.io", "customresourcedefinitions", "list watch")
 NAMESPACES_RULE = _rule("", "namespaces", "list watch")
+TOKENREVIEW_RULE = _rule("authentication.k8s.io", "tokenreviews", "create")
+PROGRESS = "demo-lora-operator-progress"
+PROGRESS_DNS_NAMES = [PROGRESS, f"{PROGRESS}.lora-system", f"{PROGRESS}.lora-system.svc",
+                      f"{PROGRESS}.lora-system.svc.cluster.local"]
 
 
 def _by_kind(docs: list[dict]) -> dict[str, dict]:
@@ -41,6 +50,14 @@ def _by_kind(docs: list[dict]) -> dict[str, dict]:
 def _env(deployment: dict) -> dict[str, str]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e["value"] for e in container["env"]}
+
+
+def _tls_secret_name(deployment: dict) -> str:
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "progress-tls", "mountPath": "/etc/lora-operator/tls", "readOnly": True} in (
+        pod["containers"][0]["volumeMounts"])
+    assert _env(deployment)["LORA_PROGRESS_TLS_DIR"] == "/etc/lora-operator/tls"
+    return next(v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "progress-tls")
 
 
 def test_chart_crd_is_the_generated_crd() -> None:
@@ -58,7 +75,7 @@ def test_helm_lint(helm: Path, values: list[str]) -> None:
 
 def test_default_render_is_a_single_cluster_wide_operator(render: Render) -> None:
     objs = _by_kind(render())
-    assert set(objs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
+    assert set(objs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "Secret"}
     deploy = objs["Deployment"]
     assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
     pod = deploy["spec"]["template"]["spec"]
@@ -69,25 +86,82 @@ def test_default_render_is_a_single_cluster_wide_operator(render: Render) -> Non
     assert container["command"] == ["lora-operator"]
     assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    assert container["ports"] == [{"name": "healthz", "containerPort": 8080}]
+    assert container["ports"] == [{"name": "healthz", "containerPort": 8080},
+                                  {"name": "progress", "containerPort": 8443}]
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     # The chart's trainer defaults are the operator's own, and nothing limits the namespaces.
-    assert builders.OperatorConfig.from_env(_env(deploy)) == builders.OperatorConfig()
+    default = builders.OperatorConfig()
+    assert builders.OperatorConfig.from_env(_env(deploy)) == dataclasses.replace(
+        default, progress_url=f"https://{PROGRESS}.lora-system.svc:8443", trusted_images=(default.trainer_image,))
     assert "WATCH_NAMESPACE" not in _env(deploy)
-    assert objs["ClusterRole"]["rules"] == [*NAMESPACED_RULES, CRD_RULE]
+    assert {k: v for k, v in _env(deploy).items() if k.startswith(("LORA_PROGRESS_", "LORA_STATUS_"))} == {
+        "LORA_PROGRESS_PORT": "8443", "LORA_PROGRESS_URL": f"https://{PROGRESS}.lora-system.svc:8443",
+        "LORA_PROGRESS_TLS_DIR": "/etc/lora-operator/tls", "LORA_STATUS_WRITES_PER_SECOND": "20",
+        "LORA_STATUS_RUN_INTERVAL_SECONDS": "5"}
+    assert objs["ClusterRole"]["rules"] == [*NAMESPACED_RULES, CRD_RULE, TOKENREVIEW_RULE]
     binding = objs["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == objs["ClusterRole"]["metadata"]["name"] == "lora-system-demo-lora-operator"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-lora-operator",
                                     "namespace": "lora-system"}]
 
 
-def test_operator_holds_what_it_grants_to_each_trainer() -> None:
-    """RBAC escalation prevention: the per-run Role may only grant what the operator holds."""
-    for granted in builders.status_role("run")["rules"]:
-        assert any(set(granted["apiGroups"]) <= set(r["apiGroups"]) and set(granted["resources"]) <= set(r["resources"])
-                   and set(granted["verbs"]) <= set(r["verbs"]) for r in NAMESPACED_RULES), granted
+def test_progress_service_reaches_the_operator_pod(render: Render) -> None:
+    objs = _by_kind(render("--set", "progress.port=9443"))
+    service, deploy = objs["Service"], objs["Deployment"]
+    assert service["metadata"] == {**service["metadata"], "name": PROGRESS, "namespace": "lora-system"}
+    assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "progress", "protocol": "TCP", "port": 9443, "targetPort": "progress"}]
+    assert {"name": "progress", "containerPort": 9443} in deploy["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert _env(deploy)["LORA_PROGRESS_URL"] == f"https://{PROGRESS}.lora-system.svc:9443"
+
+
+def test_generated_tls_secret_serves_the_service_names(render: Render, tmp_path: Path) -> None:
+    objs = _by_kind(render())
+    secret, deploy = objs["Secret"], objs["Deployment"]
+    assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert secret["metadata"]["name"] == _tls_secret_name(deploy) == f"{PROGRESS}-tls"
+    for key, value in secret["data"].items():
+        (tmp_path / key).write_bytes(base64.b64decode(value))
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    verify = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "tls.crt"],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    san = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", tmp_path / "tls.crt"],
+                         capture_output=True, text=True, check=True).stdout
+    assert sorted(san.split("\n", 1)[1].strip().split(", ")) == sorted(f"DNS:{n}" for n in PROGRESS_DNS_NAMES)
+    # The pod restarts when the Secret changes: the checksum is of the very keys rendered (not of fresh ones).
+    annotations = deploy["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/progress-tls"] == hashlib.sha256(
+        "\n".join(f"{k}: {v}" for k, v in sorted(secret["data"].items())).encode()).hexdigest()
+
+
+def test_cert_manager_issues_the_tls_secret(render: Render) -> None:
+    docs = render("--set", "progress.tls.certManager.enabled=true", "--set", "podAnnotations.team=ml")
+    cm = {(d["kind"], d["metadata"]["name"]): d["spec"] for d in docs if d["apiVersion"] == "cert-manager.io/v1"}
+    assert set(cm) == {("Issuer", f"{PROGRESS}-selfsigned"), ("Certificate", f"{PROGRESS}-ca"),
+                       ("Issuer", f"{PROGRESS}-ca"), ("Certificate", PROGRESS)}
+    assert "Secret" not in [d["kind"] for d in docs]
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    serving = cm["Certificate", PROGRESS]
+    assert serving["secretName"] == _tls_secret_name(deploy) == f"{PROGRESS}-tls"
+    assert serving["dnsNames"] == PROGRESS_DNS_NAMES
+    # The chain: serving Certificate <- CA Issuer <- the CA Certificate's Secret <- self-signed Issuer.
+    assert serving["issuerRef"] == {"kind": "Issuer", "name": f"{PROGRESS}-ca"}
+    ca = cm["Certificate", f"{PROGRESS}-ca"]
+    assert ca["isCA"] is True and cm["Issuer", f"{PROGRESS}-ca"] == {"ca": {"secretName": ca["secretName"]}}
+    assert ca["issuerRef"] == {"kind": "Issuer", "name": f"{PROGRESS}-selfsigned"}
+    assert cm["Issuer", f"{PROGRESS}-selfsigned"] == {"selfSigned": {}}
+    assert deploy["spec"]["template"]["metadata"]["annotations"] == {"team": "ml"}
+
+
+def test_existing_tls_secret_renders_none(render: Render) -> None:
+    docs = render("--set", "progress.tls.existingSecret=my-tls", "--set", "progress.tls.certManager.enabled=true")
+    assert not [d for d in docs if d["kind"] == "Secret" or d["apiVersion"] == "cert-manager.io/v1"]
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    assert _tls_secret_name(deploy) == "my-tls"
+    assert "annotations" not in deploy["spec"]["template"]["metadata"]
 
 
 def test_values_reach_the_operator_config(render: Render, tmp_path: Path) -> None:
@@ -97,7 +171,10 @@ def test_values_reach_the_operator_config(render: Render, tmp_path: Path) -> Non
         # A UID of 7 digits: Helm reads YAML numbers as floats, which print as 2e+06 unless cast.
         "trainer": {"image": {"repository": "registry.local/trainer", "tag": "v9", "pullPolicy": "Always"},
                     "nodeSelector": {"pool": "gpu"}, "tolerations": tolerations, "runAsUser": 2000000,
-                    "imagePullSecrets": ["regcred"], "serviceAccountAnnotations": {"example.com/role": "trainer"}},
+                    "imagePullSecrets": ["regcred"], "serviceAccountAnnotations": {"example.com/role": "trainer"},
+                    "trustedImages": ["registry.local/trainer:dev"]},
+        "progress": {"port": 9443},
+        "statusWrites": {"perSecond": 2.5, "runIntervalSeconds": 10},
         "syncIntervalSeconds": 7,
         "verbose": True,
     }
@@ -107,8 +184,11 @@ def test_values_reach_the_operator_config(render: Render, tmp_path: Path) -> Non
     assert builders.OperatorConfig.from_env(env) == builders.OperatorConfig(
         trainer_image="registry.local/trainer:v9", image_pull_policy="Always", node_selector={"pool": "gpu"},
         tolerations=tolerations, run_as_user=2000000, image_pull_secrets=["regcred"],
-        service_account_annotations={"example.com/role": "trainer"})
-    assert env["LORA_SYNC_INTERVAL_SECONDS"] == "7"
+        service_account_annotations={"example.com/role": "trainer"},
+        progress_url=f"https://{PROGRESS}.lora-system.svc:9443",
+        trusted_images=("registry.local/trainer:v9", "registry.local/trainer:dev"))
+    assert env["LORA_SYNC_INTERVAL_SECONDS"] == "7" and env["LORA_PROGRESS_PORT"] == "9443"
+    assert env["LORA_STATUS_WRITES_PER_SECOND"] == "2.5" and env["LORA_STATUS_RUN_INTERVAL_SECONDS"] == "10"
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.local/operator:v1" and container["imagePullPolicy"] == "Never"
     assert container["args"][-1] == "--verbose"
@@ -116,11 +196,13 @@ def test_values_reach_the_operator_config(render: Render, tmp_path: Path) -> Non
 
 def test_watch_namespace_narrows_rbac_to_a_role_there(render: Render) -> None:
     objs = _by_kind(render("--set", "watchNamespace=team-a"))
-    assert set(objs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment"}
+    assert set(objs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
+                         "Service", "Secret"}
     assert objs["Role"]["metadata"]["namespace"] == objs["RoleBinding"]["metadata"]["namespace"] == "team-a"
     assert objs["Role"]["rules"] == NAMESPACED_RULES
-    # Cluster-wide, only what Kopf reads to find the namespace and the CRD.
-    assert objs["ClusterRole"]["rules"] == [CRD_RULE, NAMESPACES_RULE]
+    # Cluster-wide, only what Kopf reads to find the namespace and the CRD, and the TokenReviews (cluster-scoped).
+    assert objs["ClusterRole"]["rules"] == [CRD_RULE, TOKENREVIEW_RULE, NAMESPACES_RULE]
+    assert objs["Service"]["metadata"]["namespace"] == objs["Secret"]["metadata"]["namespace"] == "lora-system"
     assert objs["RoleBinding"]["subjects"][0]["namespace"] == "lora-system"
     assert objs["ServiceAccount"]["metadata"]["namespace"] == "lora-system"
     assert _env(objs["Deployment"])["WATCH_NAMESPACE"] == "team-a"
@@ -132,6 +214,12 @@ def test_watch_namespace_narrows_rbac_to_a_role_there(render: Render) -> None:
     ("trainer.image.pullPolicy=Sometimes", "/trainer/image/pullPolicy"),
     ("watchNamespace=Team_A", "/watchNamespace"),
     ("trainer.gpu=1", "additional properties 'gpu'"),
+    ("progress.port=8080", "/progress/port"),
+    ("progress.port=70000", "/progress/port"),
+    ("progress.tls.certManager.enabled=yes", "/progress/tls/certManager/enabled"),
+    ("statusWrites.perSecond=0", "/statusWrites/perSecond"),
+    ("statusWrites.runIntervalSeconds=-1", "/statusWrites/runIntervalSeconds"),
+    ("trainer.trustedImages[0]=", "/trainer/trustedImages/0"),
 ])
 def test_schema_rejects_bad_values(helm: Path, bad: str, error: str) -> None:
     proc = run_helm(helm, "template", "demo", str(CHART), "--set", bad)

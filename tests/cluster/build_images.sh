@@ -101,7 +101,7 @@ fi
 pipconf="$IMAGES/pip.conf"
 printf '[global]\ncert = /etc/ssl/certs/host-ca-certificates.crt\n' > "$pipconf"
 ca="$(python3 -c 'import os; print(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")')"
-inputs=(pyproject.toml README.md constraints.txt operator/lora_operator trainer-image/lora_trainer)
+inputs=(pyproject.toml README.md constraints.txt contract/lora_contract operator/lora_operator trainer-image/lora_trainer)
 version="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$ROOT/pyproject.toml")"
 for name in operator trainer; do
   dockerfile="operator/Dockerfile"; [[ $name == trainer ]] && dockerfile="trainer-image/Dockerfile"

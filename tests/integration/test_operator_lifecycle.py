@@ -32,14 +32,13 @@ def test_suspended_run_gets_its_job_and_children(kubectl, operator, namespace) -
     status = wait_for("phase Suspended", lambda: (s := kubectl.status(namespace, "alpha")).get("phase") == "Suspended"
                       and s, timeout=60)
     assert status["jobName"] == "alpha-train"
-    assert status["stepSummary"] == "0/9 before-metrics" and len(status["steps"]) == 10
+    assert status["trainer"]["stepSummary"] == "0/9 before-metrics" and len(status["trainer"]["steps"]) == 10
     assert {c["type"] for c in status["conditions"]} >= {"Ready", "Running", "Succeeded", "Failed", "Stalled"}
     owner = kubectl.get("ltj", "alpha", namespace)["metadata"]["uid"]
     job = kubectl.get("job", "alpha-train", namespace)
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["ownerReferences"][0]["uid"] == owner
-    for kind, name in [("serviceaccount", "alpha-trainer"), ("role", "alpha-trainer"),
-                       ("rolebinding", "alpha-trainer"), ("configmap", "alpha-spec")]:
+    for kind, name in [("serviceaccount", "alpha-trainer"), ("configmap", "alpha-spec")]:
         obj = kubectl.get(kind, name, namespace)
         assert obj and obj["metadata"]["ownerReferences"][0]["uid"] == owner, kind
     events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=alpha")

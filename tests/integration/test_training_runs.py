@@ -8,6 +8,9 @@ GPU requests schedule as on a GPU node and the trainer then takes its CPU path.
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 import yaml
 
@@ -32,14 +35,17 @@ def tiny_model_pvc(kubectl, namespace, test_node) -> str:
     return str(root)
 
 
+TINY_LORA = {"maxSteps": 120, "batchSize": 4, "gradientAccumulationSteps": 1, "learningRate": 0.005,
+             "loggingSteps": 5, "evalSteps": 40, "saveSteps": 40, "maxLength": 128,
+             "targetModules": ["q_proj", "v_proj"]}
+
+
 def _tiny_run(name: str, models: str, **overrides) -> dict:
     spec = {
         "model": {"path": f"{models}/tiny"},
         "volumes": [{"name": "models", "claimName": "models", "mountPath": models}],
         "datasets": [{"builtin": "minion-handbook"}],
-        "lora": {"maxSteps": 120, "batchSize": 4, "gradientAccumulationSteps": 1, "learningRate": 0.005,
-                 "loggingSteps": 5, "evalSteps": 40, "saveSteps": 40, "maxLength": 128,
-                 "targetModules": ["q_proj", "v_proj"]},
+        "lora": TINY_LORA,
         "evaluation": {"heldOutItems": 4, "generation": {"maxNewTokens": 8}},
         "resources": {"gpu": 1, "cpu": "1", "memory": "2Gi"},
         "output": {"claimName": "artifacts"},
@@ -70,22 +76,40 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
     print(table)
     row = table.splitlines()[1].split()
     assert row[:3] == ["tiny", "Succeeded", "9/9"] and row[4] == "100" and row[6] == str(status["xp"])
+    assert "xp" not in json.loads((kubectl.bound_dir(namespace, "artifacts") / namespace / "tiny" / "report.json")
+                                  .read_text())["trainer"]  # the trainer never reports XP; the operator awards it
     artifacts = kubectl.bound_dir(namespace, "artifacts") / namespace / "tiny"
     assert (artifacts / "adapter" / "adapter_config.json").exists()
     assert (artifacts / "report.json").exists()
 
 
+def _training_step(kubectl, namespace: str, name: str) -> int:
+    return (kubectl.status(namespace, name).get("trainer") or {}).get("trainingStep") or 0
+
+
 def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, tiny_model_pvc, test_node):
-    """A restarted operator adopts the running Job (no second one); deleting the run removes Job and pods."""
+    """A restarted operator adopts the running Job (no second one), the trainer's reports resume where they
+    were and nothing goes backwards; deleting the run removes Job and pods."""
     kubectl.apply(pvc("artifacts"), namespace)
-    kubectl.apply(_tiny_run("restart", tiny_model_pvc), namespace)
-    wait_for("the trainer running", lambda: kubectl.status(namespace, "restart").get("phase") == "Running",
-             timeout=120, interval=0.2)
+    recorder = StatusRecorder(kubectl, namespace, "restart")
+    kubectl.apply(_tiny_run("restart", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 300}),
+                  namespace)
+    recorder.start()
+    wait_for("training reported", lambda: _training_step(kubectl, namespace, "restart") > 0, timeout=180,
+             interval=0.2)
     operator.stop()
+    at_stop = _training_step(kubectl, namespace, "restart")
+    time.sleep(5)  # the trainer keeps training, its reports refused
     operator.start()
-    status = wait_for("a terminal phase", lambda: (s := kubectl.status(namespace, "restart")).get("phase")
-                      in ("Succeeded", "Failed") and s, timeout=600)
+    wait_for("reports after the restart", lambda: _training_step(kubectl, namespace, "restart") > at_stop or
+             kubectl.status(namespace, "restart").get("phase") == "Succeeded", timeout=180, interval=0.2)
+    recorder.join(timeout=600)
+    status = kubectl.status(namespace, "restart")
     assert_succeeded_with_results(status, namespace, "restart")
+    progresses = [s["progress"] for s in recorder.seen if s["progress"] is not None]
+    assert progresses == sorted(progresses), recorder.seen  # nothing regressed
+    assert [s for s in recorder.seen if s["phase"] == "Running" and (s["trainingStep"] or 0) > at_stop], \
+        recorder.seen  # live reports came back, not only the final summary
     jobs = yaml.safe_load(kubectl("get", "jobs", "-n", namespace, "-o", "yaml"))["items"]
     pods = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]
     assert len(jobs) == 1 and len(pods) == 1
@@ -114,7 +138,7 @@ def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, 
     status = wait_for("Failed", failed, timeout=180)
     assert "exit code 2" in status["message"], status["message"]
     assert says in status["message"], status["message"]
-    failed = next(s for s in status["steps"] if s["state"] == "Failed")
+    failed = next(s for s in status["trainer"]["steps"] if s["state"] == "Failed")
     assert failed["name"] == "datasets"
     jobs = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]
     assert len(jobs) == 1  # invalid input is not retried (podFailurePolicy)
@@ -122,20 +146,23 @@ def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, 
     assert "Warning" in events and "Failed" in events
 
 
-def test_final_metrics_arrive_when_status_updates_are_revoked_mid_run(
+def test_final_metrics_arrive_through_the_termination_message_when_the_operator_is_down(
     kubectl, operator, namespace, tiny_model_pvc, test_node
 ):
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(_tiny_run("cut", tiny_model_pvc), namespace)
-    wait_for("the trainer's first status update",
-             lambda: any(s.get("state") != "Pending" for s in kubectl.status(namespace, "cut").get("steps", [])),
-             timeout=180, interval=0.2)
-    kubectl("delete", "rolebinding", "cut-trainer", "-n", namespace)
-    at_revocation = kubectl.status(namespace, "cut")
-    assert at_revocation.get("phase") != "Succeeded"
+    wait_for("the trainer's first report", lambda: any(
+        s.get("state") != "Pending" for s in (kubectl.status(namespace, "cut").get("trainer") or {}).get("steps", [])),
+        timeout=180, interval=0.2)
+    operator.stop()
+    assert kubectl.status(namespace, "cut").get("phase") != "Succeeded"
+    wait_for("the trainer to finish without the operator", lambda: [
+        p for p in yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]
+        if p["status"].get("phase") == "Succeeded"], timeout=600)
+    operator.start()
     status = wait_for("a terminal phase", lambda: (s := kubectl.status(namespace, "cut")).get("phase")
-                      in ("Succeeded", "Failed") and s, timeout=600)
+                      in ("Succeeded", "Failed") and s, timeout=120)
     assert_succeeded_with_results(status, namespace, "cut")
     pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"][0]
     stderr = (test_node.pod_dir(namespace, pod["metadata"]["name"]) / "stderr.log").read_text()
-    assert "status update failed" in stderr  # the direct path really was cut
+    assert "termination message" in stderr  # the reports really were refused

@@ -87,14 +87,19 @@ def test_quickstart_in_the_trainer_image_reaches_succeeded_with_live_columns(rk,
     progresses = [s["progress"] for s in running if s["progress"] is not None]
     assert len(set(progresses)) >= 3 and progresses == sorted(progresses), recorder.seen
     assert any(s["loss"] is not None and s["stepSummary"].startswith("4/9") for s in running), recorder.seen
-    assert status["after"]["evalLoss"] < status["before"]["evalLoss"]
+    trainer = status["trainer"]
+    assert trainer["after"]["evalLoss"] < trainer["before"]["evalLoss"]
     # Written by the trainer's non-root user onto the claim, through the real mount.
     adapter = rk.bound_dir(real_namespace, "lora-artifacts") / real_namespace / "quickstart" / "adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_uid == 1000
-    assert status["artifacts"]["adapter"] == f"/output/{real_namespace}/quickstart/adapter"
-    # The kubelet read the trainer's summary from /dev/termination-log: the fallback when status writes fail.
+    assert trainer["artifacts"]["adapter"] == f"/output/{real_namespace}/quickstart/adapter"
+    # The kubelet read the trainer's summary from /dev/termination-log: the fallback when reports fail.
     terminated = _pods(rk, real_namespace, "quickstart")[0]["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert json.loads(terminated["message"])["xp"] == status["xp"]
+    assert json.loads(terminated["message"])["trainItems"] == trainer["trainItems"]
+    # The reports came over the progress Service (kube-proxy, CoreDNS, the chart's TLS Secret), not only at the
+    # end: the operator logged none refused.
+    logs = rk("logs", "-n", RELEASE_NAMESPACE, operator_release)
+    assert "TokenReview failed" not in logs, logs[-2000:]
 
 
 def test_a_memory_limit_too_small_ends_failed_with_reason_oomkilled(rk, operator_release, real_namespace):
@@ -128,5 +133,5 @@ def test_a_pod_deleted_mid_training_is_retried_and_resumes_from_its_checkpoint(r
     assert status["phase"] == "Succeeded", status.get("message")
     pods = _pods(rk, real_namespace, "resume")
     assert first not in [p["metadata"]["name"] for p in pods] and len(pods) == 1
-    training = next(s for s in status["steps"] if s["name"] == "training")
+    training = next(s for s in status["trainer"]["steps"] if s["name"] == "training")
     assert f"resumed from {marker.parent.name}" in training["message"], training

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api import LoraTrainingJobSpec
+from lora_contract.api import LoraTrainingJobSpec
 from lora_trainer.sources import builtin_path
 from tests.trainer.tiny import build_tiny_model
 
@@ -28,7 +28,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model: Path) -> Any:
-    from lora_operator.api import ModelSpec
+    from lora_contract.api import ModelSpec
     from lora_trainer.modeling import load_tokenizer
 
     return load_tokenizer(ModelSpec(path=str(tiny_model)))[0]

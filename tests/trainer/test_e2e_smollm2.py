@@ -19,10 +19,11 @@ def test_quickstart_fine_tunes_smollm2(tmp_path: Path) -> None:
     started = time.monotonic()
     assert main(["run", str(QUICKSTART), "--output", str(tmp_path), "--quiet"]) == 0
     wall = time.monotonic() - started
-    status = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
+    status = report["trainer"]
     before, after = status["before"], status["after"]
     print(f"\nquickstart: {wall:.0f}s; held-out loss {before['evalLoss']} -> {after['evalLoss']}; weighted overall "
-          f"{before['weightedOverall']} -> {after['weightedOverall']}; XP {status['xp']}")
+          f"{before['weightedOverall']} -> {after['weightedOverall']}; XP {report['xp']}")
 
     assert after["evalLoss"] < before["evalLoss"] - 0.5, (before, after)
     assert after["perplexity"] < before["perplexity"]
@@ -31,7 +32,7 @@ def test_quickstart_fine_tunes_smollm2(tmp_path: Path) -> None:
                for w in ("before", "after")}
     assert [a["item"] for a in answers["before"]] == [a["item"] for a in answers["after"]]
     assert [a["query"] for a in answers["before"]] == [a["query"] for a in answers["after"]]
-    assert status["trainingStep"] == 30 and status["xp"] > 0
+    assert status["trainingStep"] == 30 and report["xp"] > 0
     merged = (tmp_path / "merged" / "model.safetensors").stat().st_size
     assert merged > 100_000_000
     estimate = re.search(r"merged model ([\d.]+) (MB|GB)", status["steps"][3]["message"])

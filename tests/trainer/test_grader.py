@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api import GenerationSettings, GraderSpec, SecretKeyRef
+from lora_contract.api import GenerationSettings, GraderSpec, SecretKeyRef
 from lora_trainer import evaluation
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.evaluation import EvalItem

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from lora_operator.api import LoraSettings, ModelSpec
+from lora_contract.api import LoraSettings, ModelSpec
 from lora_trainer.context import PreparedData, RunContext
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.formats import IGNORE_INDEX, Example, encode, features, render_prompt

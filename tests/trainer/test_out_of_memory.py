@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import Trainer
 
-from lora_operator.progress import NoteEvent, TrainEvent
+from lora_contract.progress import NoteEvent, TrainEvent
 from lora_trainer.steps import training
 from lora_trainer.steps.training import is_out_of_memory, use_less_memory
 from tests.trainer.conftest import tiny_spec
@@ -65,7 +65,7 @@ def test_out_of_memory_before_any_checkpoint_restarts_from_the_initial_weights(
     _gpu_fitting(monkeypatch, items=1, after=1)  # the first step fits, then only one item at a time
     # No warmup: the first step's learning rate is not 0, so that step really moves the weights.
     result = run(tiny_spec(tiny_model, lora={"saveSteps": 100, "warmupSteps": 0}), tmp_path)
-    assert result.status["exitCode"] == 0, result.status.get("message")
+    assert result.result.exit_code == 0, result.status.message
     assert _notes(result.recorder) == [
         "out of GPU memory: batch 4 x accumulation 1 -> batch 2 x accumulation 2; continuing from the start",
         "out of GPU memory: batch 2 x accumulation 2 -> batch 1 x accumulation 4; continuing from the start",
@@ -77,7 +77,7 @@ def test_out_of_memory_before_any_checkpoint_restarts_from_the_initial_weights(
     message = result.recorder.message(TRAINING)
     assert message.startswith("4 optimizer steps")
     assert "out of GPU memory, adjusted: batch 4 x accumulation 1" in message
-    assert [p["step"] for p in result.status["lossHistory"]] == [1, 2, 3, 4]
+    assert [p.step for p in result.status.loss_history] == [1, 2, 3, 4]
 
 
 def test_out_of_memory_after_a_checkpoint_resumes_from_it(
@@ -85,12 +85,12 @@ def test_out_of_memory_after_a_checkpoint_resumes_from_it(
 ) -> None:
     _gpu_fitting(monkeypatch, items=2, after=2)
     result = run(tiny_spec(tiny_model, lora={"saveSteps": 2}), tmp_path)
-    assert result.status["exitCode"] == 0, result.status.get("message")
+    assert result.result.exit_code == 0, result.status.message
     assert _notes(result.recorder) == [
         "out of GPU memory: batch 4 x accumulation 1 -> batch 2 x accumulation 2; continuing from checkpoint-2"]
     assert [e.step for e in result.recorder.events if isinstance(e, TrainEvent)] == [1, 2, 3, 4]
     assert "resumed from checkpoint-2" in result.recorder.message(TRAINING)
-    assert result.status["steps"][TRAINING]["state"] == "Completed"
+    assert result.status.steps[TRAINING].state == "Completed"
 
 
 def test_out_of_memory_at_the_smallest_setting_fails_with_what_to_change(
@@ -98,8 +98,9 @@ def test_out_of_memory_at_the_smallest_setting_fails_with_what_to_change(
 ) -> None:
     _gpu_fitting(monkeypatch, items=0)
     result = run(tiny_spec(tiny_model), tmp_path)
-    assert result.status["exitCode"] == 1
-    assert result.status["steps"][TRAINING]["state"] == "Failed"
+    assert result.result.exit_code == 1
+    assert result.status.steps[TRAINING].state == "Failed"
     assert len(_notes(result.recorder)) == 3
-    assert "out of GPU memory even at batch 1 with activation checkpointing" in result.status["message"]
-    assert "model.quantization: 4bit" in result.status["message"]
+    message = result.status.message or ""
+    assert "out of GPU memory even at batch 1 with activation checkpointing" in message
+    assert "model.quantization: 4bit" in message

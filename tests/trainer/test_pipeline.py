@@ -8,14 +8,15 @@ import json
 import re
 import shutil
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from lora_operator.api import PIPELINE_STEPS, LoraTrainingJobSpec, ModelSpec
-from lora_operator.progress import (
+from lora_contract.api import PIPELINE_STEPS, LoraTrainingJobSpec, ModelSpec, TrainerStatus
+from lora_contract.progress import (
     EvalEvent,
     FailureEvent,
     MetricsEvent,
@@ -24,6 +25,7 @@ from lora_operator.progress import (
     StepEvent,
     TrainerEvent,
     TrainEvent,
+    dump_status,
     final_summary,
     parse_event,
 )
@@ -31,7 +33,7 @@ from lora_trainer.cli import main
 from lora_trainer.context import RunContext
 from lora_trainer.events import ConsoleSink, Emitter, JsonlSink
 from lora_trainer.modeling import load_model
-from lora_trainer.pipeline import EXECUTION_ORDER, STEP_RUNNERS, run_pipeline
+from lora_trainer.pipeline import EXECUTION_ORDER, STEP_RUNNERS, PipelineResult, run_pipeline
 from lora_trainer.steps import model as model_step
 from lora_trainer.steps import training_config, validation
 from tests.trainer.conftest import tiny_spec, tiny_spec_dict
@@ -40,12 +42,12 @@ from tests.trainer.conftest import tiny_spec, tiny_spec_dict
 class Recorder:
     def __init__(self) -> None:
         self.events: list[TrainerEvent] = []
-        self.final: dict[str, Any] | None = None
+        self.final: TrainerStatus | None = None
 
-    def emit(self, event: TrainerEvent, status: dict[str, Any]) -> None:
+    def emit(self, event: TrainerEvent, status: TrainerStatus) -> None:
         self.events.append(event)
 
-    def close(self, final_status: dict[str, Any]) -> None:
+    def close(self, final_status: TrainerStatus) -> None:
         self.final = final_status
 
     def steps(self) -> list[tuple[int, str]]:
@@ -56,16 +58,23 @@ class Recorder:
                     if isinstance(e, StepEvent) and e.index == index and e.message)
 
 
+@dataclass(frozen=True)
 class Run:
-    def __init__(self, output: Path, status: dict[str, Any], recorder: Recorder, console: str) -> None:
-        self.output, self.status, self.recorder, self.console = output, status, recorder, console
+    output: Path
+    result: PipelineResult
+    recorder: Recorder
+    console: str
+
+    @property
+    def status(self) -> TrainerStatus:
+        return self.result.status
 
 
 def run(spec: Any, output: Path) -> Run:
     recorder, console = Recorder(), io.StringIO()
     sinks = [recorder, JsonlSink(output / "events.jsonl"), ConsoleSink(console, live=False)]
-    status = run_pipeline(spec, output, sinks)
-    return Run(output, status, recorder, console.getvalue())
+    result = run_pipeline(spec, output, sinks)
+    return Run(output, result, recorder, console.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +88,8 @@ def finished(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
 def test_steps_run_in_the_documented_order_and_all_complete(finished: Run) -> None:
     assert finished.recorder.steps() == [(i, s) for i in EXECUTION_ORDER for s in ("Active", "Completed")]
     status = finished.status
-    assert [s["state"] for s in status["steps"]] == ["Completed"] * len(PIPELINE_STEPS)
-    assert status["progress"] == 100 and status["exitCode"] == 0 and finished.recorder.final is not None
+    assert [s.state for s in status.steps] == ["Completed"] * len(PIPELINE_STEPS)
+    assert status.progress == 100 and finished.result.exit_code == 0 and finished.recorder.final == status
 
 
 def test_training_metrics_and_report_events(finished: Run) -> None:
@@ -96,14 +105,16 @@ def test_training_metrics_and_report_events(finished: Run) -> None:
     report = next(e for e in events if isinstance(e, ReportEvent))
     # by hand from docs/grading.md: 54 items -> 25 + 225 x 44 / 90 = 135 base XP, x clamp(1 + points / 50)
     points = after.scores.weighted_overall - before.scores.weighted_overall
-    assert report.xp == round(135 * min(1.5, max(0.5, 1 + points / 50)))
+    xp = finished.result.xp
+    assert xp == round(135 * min(1.5, max(0.5, 1 + points / 50)))
+    assert finished.recorder.message(9).startswith(f"the operator awards {xp} XP for 54 distinct training items")
     saved = {w: json.loads((finished.output / "evaluation" / f"{w}.json").read_text())["scores"]
              for w in ("before", "after")}
     delta = saved["after"]["evalLoss"] - saved["before"]["evalLoss"]
     assert report.improvements.eval_loss_delta == pytest.approx(delta)
     status = finished.status
-    assert status["xp"] == report.xp and status["trainItems"] == report.train_items == 54
-    assert status["trainingStep"] == status["trainingTotalSteps"] == 4 and len(status["lossHistory"]) == 4
+    assert status.train_items == report.train_items == 54
+    assert status.training_step == status.training_total_steps == 4 and len(status.loss_history) == 4
 
 
 def test_after_metrics_grade_the_same_items_as_before(finished: Run) -> None:
@@ -118,9 +129,10 @@ def test_after_metrics_grade_the_same_items_as_before(finished: Run) -> None:
 
 def test_artifacts_manifest_and_report(finished: Run) -> None:
     out = finished.output
-    artifacts = finished.status["artifacts"]
-    assert artifacts == {"adapter": str(out / "adapter"), "merged": str(out / "merged"),
-                         "report": str(out / "report.json"), "manifest": str(out / "manifest.json")}
+    artifacts = finished.status.artifacts
+    assert artifacts is not None
+    assert artifacts.model_dump() == {"adapter": str(out / "adapter"), "merged": str(out / "merged"),
+                                      "report": str(out / "report.json"), "manifest": str(out / "manifest.json")}
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "merged" / "model.safetensors").is_file()
     assert json.loads((out / "merged" / "config.json").read_text())["use_cache"] is True
@@ -130,7 +142,8 @@ def test_artifacts_manifest_and_report(finished: Run) -> None:
     for entry in manifest["files"]:
         data = (out / entry["path"]).read_bytes()
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
-    assert json.loads((out / "report.json").read_text()) == finished.status
+    assert json.loads((out / "report.json").read_text()) == {
+        "trainer": dump_status(finished.status), "xp": finished.result.xp, "exitCode": 0}
     assert (out / "termination-log").read_text() == final_summary(finished.status)
     stats = json.loads((out / "dataset-stats.json").read_text())
     assert stats["train"] == 54 and stats["validation"] == 6
@@ -151,6 +164,7 @@ def test_console_shows_checklist_progress_and_report(finished: Run) -> None:
     report = text.split("report:\n", 1)[1]
     for row in ("weighted overall", "held-out loss", "perplexity", "seconds / answer", "XP:", "adapter:"):
         assert row in report
+    assert f"XP: {finished.result.xp} for 54 training items" in report and "as the operator awards it" in report
 
 
 def test_live_console_redraws_in_place() -> None:
@@ -170,7 +184,7 @@ def test_a_rerun_reuses_before_metrics_and_resumes_the_last_checkpoint(finished:
     output = tmp_path / "again"
     shutil.copytree(finished.output, output)
     again = run(tiny_spec(tiny_model), output)
-    assert again.status["exitCode"] == 0
+    assert again.result.exit_code == 0
     assert "reused from a previous attempt" in again.recorder.message(0)
     assert "resumed from checkpoint-4" in again.recorder.message(4)
     # the copied state's best checkpoint is looked up in the new folder, not in the one copied from
@@ -197,7 +211,7 @@ def test_the_trained_model_is_freed_before_the_artifact_is_reloaded(tiny_model: 
     spec = tiny_spec_dict(tiny_model)
     spec["model"]["trustRemoteCode"] = True
     done = run(LoraTrainingJobSpec.model_validate(spec), tmp_path)
-    assert done.status["exitCode"] == 0
+    assert done.result.exit_code == 0
     [(merged, alive)] = reloaded
     assert alive is None  # step 6 holds one model, not two
     assert merged.path == str(tmp_path / "merged") and merged.trust_remote_code  # the spec's choice is kept
@@ -205,9 +219,9 @@ def test_the_trained_model_is_freed_before_the_artifact_is_reloaded(tiny_model: 
 
 def test_an_empty_dataset_fails_step_1(tiny_model: Path, tmp_path: Path) -> None:
     failed = run(tiny_spec(tiny_model, datasets=[{"inline": [{"text": "tiny"}], "name": "scraps"}]), tmp_path)
-    assert failed.status["exitCode"] == 2
-    assert [s["state"] for s in failed.status["steps"]] == ["Pending", "Failed"] + ["Pending"] * 8
-    assert failed.status["steps"][1]["message"] == (
+    assert failed.result.exit_code == 2
+    assert [s.state for s in failed.status.steps] == ["Pending", "Failed"] + ["Pending"] * 8
+    assert failed.status.steps[1].message == (
         "no usable training items: 1 rows from 1 source(s) -> 0 train / 0 validation; dropped 1 too short")
 
 
@@ -215,21 +229,23 @@ def test_a_failing_step_is_reported(tiny_model: Path, tmp_path: Path, monkeypatc
     monkeypatch.setenv("LORA_TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
     failed = run(tiny_spec(tiny_model, lora={"targetModules": ["q_proj", "qkv"]}), tmp_path / "out")
     status = failed.status
-    assert status["exitCode"] == 2  # invalid input: a retry cannot help
-    assert [s["state"] for s in status["steps"]] == ["Completed", "Completed", "Failed"] + ["Pending"] * 7
-    assert "['qkv'] match no linear module" in status["steps"][2]["message"]
+    assert failed.result.exit_code == 2  # invalid input: a retry cannot help
+    assert [s.state for s in status.steps] == ["Completed", "Completed", "Failed"] + ["Pending"] * 7
+    assert "['qkv'] match no linear module" in (status.steps[2].message or "")
     failure = [e for e in failed.recorder.events if isinstance(e, FailureEvent)]
     assert len(failure) == 1 and failure[0].message.startswith("step 2 model failed: lora.targetModules ['qkv']")
     summary = json.loads((tmp_path / "termination-log").read_text())
     assert summary["message"] == failure[0].message and summary["steps"][2] == {"name": "model", "state": "Failed"}
     assert "FAILED in model" in failed.console
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert failed.result.xp is None and report["xp"] is None and report["exitCode"] == 2  # no XP for a failed run
 
 
 def test_a_retryable_failure_exits_1(tiny_model: Path, tmp_path: Path) -> None:
     failed = run(tiny_spec(tiny_model, datasets=[{"url": "http://127.0.0.1:9/data.jsonl"}]), tmp_path)
-    assert failed.status["exitCode"] == 1  # the server may come back: the Job's retry may succeed
-    step = failed.status["steps"][1]
-    assert step["state"] == "Failed" and "cannot download http://127.0.0.1:9/data.jsonl" in step["message"]
+    assert failed.result.exit_code == 1  # the server may come back: the Job's retry may succeed
+    step = failed.status.steps[1]
+    assert step.state == "Failed" and "cannot download http://127.0.0.1:9/data.jsonl" in (step.message or "")
 
 
 def test_cli_rejects_a_bad_spec_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -287,11 +303,12 @@ def test_a_full_output_volume_fails_before_training(tiny_model: Path, tmp_path: 
     # A nearly full volume cannot be made here on demand: only the free-space reading is replaced.
     monkeypatch.setattr(training_config.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     failed = run(tiny_spec(tiny_model), tmp_path)
-    assert failed.status["exitCode"] == 2  # the same volume stays too small: no retry
-    step = failed.status["steps"][3]
-    assert step["state"] == "Failed" and failed.status["steps"][4]["state"] == "Pending"
-    assert step["message"].startswith(f"the output volume has 0.001 MB free at {tmp_path} but this run writes about")
-    assert "lower lora.saveTotalLimit, or set output.merge: false" in step["message"]
+    assert failed.result.exit_code == 2  # the same volume stays too small: no retry
+    step = failed.status.steps[3]
+    assert step.state == "Failed" and failed.status.steps[4].state == "Pending"
+    assert step.message and step.message.startswith(
+        f"the output volume has 0.001 MB free at {tmp_path} but this run writes about")
+    assert "lower lora.saveTotalLimit, or set output.merge: false" in step.message
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from lora_operator.progress import StepEvent, TrainEvent, parse_event
+from lora_contract.progress import StepEvent, TrainEvent, parse_event
 from lora_trainer.cli import main
 from lora_trainer.steps.training import MARKER
 from tests.trainer.conftest import tiny_spec_dict
@@ -53,4 +53,4 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_model: Path, tmp_path: Pa
     messages = {e.index: e.message for e in second_run if isinstance(e, StepEvent) and e.state == "Completed"}
     assert f"resumed from checkpoint-{saved[-1]}" in messages[4]
     assert "reused from a previous attempt" in messages[0]
-    assert json.loads((output / "report.json").read_text())["trainingStep"] == TOTAL_STEPS
+    assert json.loads((output / "report.json").read_text())["trainer"]["trainingStep"] == TOTAL_STEPS

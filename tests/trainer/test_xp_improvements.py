@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api import GradeScores
-from lora_operator.progress import ReportEvent
+from lora_contract.api import GradeScores, Improvements, TrainerStatus
+from lora_contract.progress import ReportEvent, initial_status, reduce
+from lora_contract.xp import XP_CAP, XP_TABLE, award_xp, base_xp, quality_multiplier, xp_for
 from lora_trainer.context import PreparedData, RunContext
 from lora_trainer.formats import Example
 from lora_trainer.steps.improvements import improvements, percent_change, run
-from lora_trainer.xp import XP_CAP, XP_TABLE, award_xp, base_xp, quality_multiplier
 from tests.trainer.conftest import tiny_spec
 
 
@@ -95,5 +95,15 @@ def test_xp_counts_distinct_items_and_halves_when_nothing_was_graded(tmp_path: P
     ctx = RunContext(spec=tiny_spec(tmp_path), output_dir=tmp_path, emit=events.append, data=PreparedData(rows, [], {}))
     message = run(ctx)
     report = events[-1]
-    assert isinstance(report, ReportEvent) and (report.train_items, report.xp) == (20, 25)  # 50 base XP x 0.5
-    assert message == "25 XP for 20 distinct training items (quality multiplier 0.50, nothing graded)"
+    assert isinstance(report, ReportEvent) and report.train_items == 20
+    assert xp_for(reduce(initial_status(), report)) == 25  # what the operator awards for this report
+    assert message == ("the operator awards 25 XP for 20 distinct training items "  # 50 base XP x 0.5
+                       "(quality multiplier 0.50, nothing graded)")
+
+
+def test_xp_for_a_report_uses_the_scores_not_the_reported_improvements() -> None:
+    assert xp_for(TrainerStatus()) is None  # no items reported yet
+    graded = TrainerStatus(train_items=100, before=GradeScores(weighted_overall=40.0),
+                           after=GradeScores(weighted_overall=50.0), improvements=Improvements(quality_points=80.0))
+    assert xp_for(graded) == award_xp(100, 10.0) == 300
+    assert xp_for(graded.model_copy(update={"after": GradeScores()})) == award_xp(100, None) == 125

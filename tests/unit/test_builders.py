@@ -2,7 +2,8 @@
 
 import yaml
 
-from lora_operator import api, builders
+from lora_contract import api
+from lora_operator import builders
 
 CFG = builders.OperatorConfig(trainer_image="example/trainer:1", tolerations=[{"key": "team", "operator": "Exists"}])
 
@@ -93,17 +94,35 @@ def test_output_pvc_and_dataset_configmaps_are_mounted() -> None:
     assert vols["user-models"]["persistentVolumeClaim"]["claimName"] == "model-store"
 
 
-def test_status_role_is_limited_to_this_resource() -> None:
-    role = builders.status_role("demo")
-    assert role["rules"] == [{"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"],
-                              "resourceNames": ["demo"], "verbs": ["get", "patch"]}]
-    binding = builders.status_role_binding("demo")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-trainer"}]
+def test_the_trainer_reports_to_the_operator_with_an_audience_bound_token_and_no_rbac(tmp_path) -> None:
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nCA\n")
+    cfg = builders.OperatorConfig.from_env({"LORA_PROGRESS_URL": "https://op-progress.lora-system.svc:8443/",
+                                            "LORA_PROGRESS_TLS_DIR": str(tmp_path)})
+    children = builders.children("demo", "ns1", _spec(), cfg)
+    assert [o["kind"] for o in children] == ["ServiceAccount", "ConfigMap", "Job"]  # no Role, no RoleBinding
+    assert children[1]["data"][builders.PROGRESS_CA_KEY] == "-----BEGIN CERTIFICATE-----\nCA\n"
+    pod = _pod(children[2])
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["LORA_REPORT_URL"] == "https://op-progress.lora-system.svc:8443/v1/namespaces/ns1/loratrainingjobs/demo/report"
+    assert env["LORA_REPORT_CA"] == "/etc/lora/spec/progress-ca.crt"
+    assert env["LORA_REPORT_TOKEN"] == "/var/run/lora/token/token"
+    token = next(v for v in pod["volumes"] if v["name"] == "report-token")["projected"]["sources"]
+    assert token == [{"serviceAccountToken": {"path": "token", "audience": "lora-operator", "expirationSeconds": 600}}]
+    assert pod["automountServiceAccountToken"] is False and children[0]["automountServiceAccountToken"] is False
+
+
+def test_runs_of_the_trainer_image_and_of_listed_images_are_trusted() -> None:
+    default = builders.OperatorConfig.from_env({"LORA_TRAINER_IMAGE": "reg/trainer:1"})
+    assert default.untrusted_image(None) is None and default.untrusted_image("reg/trainer:1") is None
+    assert default.untrusted_image("me/custom:1") == "me/custom:1"
+    listed = builders.OperatorConfig.from_env({"LORA_TRAINER_IMAGE": "reg/trainer:1",
+                                               "LORA_TRUSTED_TRAINER_IMAGES": '["reg/trainer:1", "me/custom:1"]'})
+    assert listed.untrusted_image("me/custom:1") is None
 
 
 def test_spec_configmap_round_trips_to_the_same_spec() -> None:
     spec = _spec(lora={"rank": 16, "targetModules": ["all-linear"]})
-    data = builders.spec_configmap("demo", spec)["data"]["spec.yaml"]
+    data = builders.spec_configmap("demo", spec, CFG)["data"]["spec.yaml"]
     assert api.LoraTrainingJobSpec.model_validate(yaml.safe_load(data)) == spec
 
 
@@ -111,7 +130,7 @@ def test_children_are_created_job_last_and_judge_key_comes_from_a_secret() -> No
     spec = _spec(evaluation={"grader": {"type": "llmJudge", "endpoint": "https://judge", "model": "m",
                                         "apiKeySecret": {"name": "judge", "key": "token"}}})
     kinds = [o["kind"] for o in builders.children("demo", "ns", spec, CFG)]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
+    assert kinds == ["ServiceAccount", "ConfigMap", "Job"]
     env = {e["name"]: e for e in _pod(builders.job("demo", "ns", spec, CFG))["containers"][0]["env"]}
     assert env["LORA_JUDGE_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "judge", "key": "token"}
     assert "HF_TOKEN" not in env

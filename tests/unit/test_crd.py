@@ -6,8 +6,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from lora_operator import api, builders, crd
-from lora_operator.validation import describe_validation_error
+from lora_contract import api
+from lora_contract.validation import describe_validation_error
+from lora_operator import builders, crd
 from tests.integration.test_crd_validation import SPEC_CASES
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lora_operator import api
+from lora_contract import api
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

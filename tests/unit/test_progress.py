@@ -5,10 +5,11 @@ from itertools import pairwise
 
 import pytest
 
-from lora_operator import progress
+from lora_contract import progress
+from lora_contract.api import TrainerStatus
 
 
-def _run_training(status, total=100, every=1):
+def _run_training(status: TrainerStatus, total: int = 100, every: int = 1) -> TrainerStatus:
     for step in range(every, total + 1, every):
         status = progress.reduce(status, progress.TrainEvent(step=step, totalSteps=total, loss=3.0 - step / 100,
                                                              learningRate=1e-4, epoch=step / total, etaSeconds=9))
@@ -17,18 +18,18 @@ def _run_training(status, total=100, every=1):
 
 def test_progress_is_monotonic_and_reaches_100() -> None:
     status = progress.initial_status()
-    seen = [status["progress"]]
+    seen = [status.progress]
     for index in range(10):
         status = progress.reduce(status, progress.StepEvent(index=index, state="Active"))
-        seen.append(status["progress"])
+        seen.append(status.progress)
         if index == 4:
             status = _run_training(status, total=20)
-            seen.append(status["progress"])
+            seen.append(status.progress)
         status = progress.reduce(status, progress.StepEvent(index=index, state="Completed"))
-        seen.append(status["progress"])
+        seen.append(status.progress)
     assert seen == sorted(seen)
     assert seen[-1] == 100
-    assert status["stepSummary"] == "9/9 improvements"
+    assert status.step_summary == "9/9 improvements"
 
 
 def test_training_progress_counts_inside_the_training_step() -> None:
@@ -36,18 +37,18 @@ def test_training_progress_counts_inside_the_training_step() -> None:
     for index in range(4):
         status = progress.reduce(status, progress.StepEvent(index=index, state="Completed"))
     status = progress.reduce(status, progress.StepEvent(index=4, state="Active"))
-    before = status["progress"]
+    before = status.progress
     status = progress.reduce(status, progress.TrainEvent(step=50, totalSteps=100, loss=1.5))
-    assert status["progress"] == before + 30  # half of training's 60 %
-    assert status["stepSummary"] == "4/9 training"
-    assert status["loss"] == 1.5 and status["trainingStep"] == 50
+    assert status.progress == before + 30  # half of training's 60 %
+    assert status.step_summary == "4/9 training"
+    assert status.loss == 1.5 and status.training_step == 50
 
 
 @pytest.mark.parametrize(("total", "every"), [(49, 1), (50, 1), (51, 1), (137, 1), (1000, 1), (10_000, 1),
                                              (10_000, 10), (3_000, 7)])
 def test_loss_history_is_bounded_evenly_spaced_and_keeps_the_ends(total: int, every: int) -> None:
     status = _run_training(progress.initial_status(), total=total, every=every)
-    steps = [p["step"] for p in status["lossHistory"]]
+    steps = [p.step for p in status.loss_history]
     assert steps[0] == every and steps[-1] == total - total % every
     limit = progress.LOSS_HISTORY_POINTS
     assert len(steps) == total // every if total // every <= limit else limit // 2 <= len(steps) <= limit
@@ -68,11 +69,11 @@ def test_events_round_trip_and_bad_events_are_rejected() -> None:
 
 def test_final_summary_fits_the_termination_message() -> None:
     status = _run_training(progress.initial_status(), total=1000)
-    status["message"] = "x" * 5000
+    status.message = "x" * 5000
     text = progress.final_summary(status)
     assert len(text.encode()) <= progress.TERMINATION_MESSAGE_LIMIT
     summary = json.loads(text)
-    assert summary["loss"] == status["loss"]  # the important fields survive the cut
+    assert summary["loss"] == status.loss  # the important fields survive the cut
 
 
 def test_a_note_updates_the_running_step_and_counts_as_progress() -> None:
@@ -80,15 +81,15 @@ def test_a_note_updates_the_running_step_and_counts_as_progress() -> None:
                                                                           time="2026-01-01T00:00:00Z"))
     status = progress.reduce(status, progress.NoteEvent(index=0, message="graded 3/11 answers",
                                                         time="2026-01-01T00:05:00Z"))
-    step = status["steps"][0]
-    assert (step["state"], step["startTime"], step["message"]) == ("Active", "2026-01-01T00:00:00Z",
+    step = status.steps[0]
+    assert (step.state, step.start_time, step.message) == ("Active", "2026-01-01T00:00:00Z",
                                                                    "graded 3/11 answers")
-    assert status["lastProgressTime"] == "2026-01-01T00:05:00Z"
+    assert status.last_progress_time == "2026-01-01T00:05:00Z"
     assert progress.parse_event(progress.dump_event(progress.NoteEvent(index=0, message="x"))).message == "x"
 
 
 def test_training_that_starts_again_replaces_the_loss_points_it_repeats() -> None:
     status = _run_training(progress.initial_status(), total=10)
     status = progress.reduce(status, progress.TrainEvent(step=7, totalSteps=10, loss=0.1))  # resumed at 6
-    assert [p["step"] for p in status["lossHistory"]] == [1, 2, 3, 4, 5, 6, 7]
-    assert status["lossHistory"][-1]["loss"] == 0.1
+    assert [p.step for p in status.loss_history] == [1, 2, 3, 4, 5, 6, 7]
+    assert status.loss_history[-1].loss == 0.1

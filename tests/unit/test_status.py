@@ -1,10 +1,12 @@
-"""Job/Pod state -> status patch and events, without a cluster."""
+"""Job/Pod state -> status and events, without a cluster."""
 
 import json
 from datetime import UTC, datetime, timedelta
 
-from lora_operator import progress
-from lora_operator.status import merge_summary, observe, reconcile_status, set_condition
+from lora_contract import progress
+from lora_contract.api import Condition, GradeScores, TrainerStatus
+from lora_contract.xp import award_xp
+from lora_operator.status import merge_summary, observe, parse, reconcile_status, set_condition, status_patch
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -67,98 +69,139 @@ def test_a_run_killed_for_memory_fails_with_reason_oomkilled_and_what_to_change(
         "BackoffLimitExceeded"
 
 
+def _reconcile(status: dict, job, pods, **kwargs) -> tuple[dict, list]:
+    """reconcile_status at the API edge: a status as read from the API in, the merge patch out."""
+    old = parse(status)
+    new, events = reconcile_status(old, job, pods, now=kwargs.pop("now", NOW), generation=1, stall_timeout=900,
+                                   **kwargs)
+    return status_patch(old, new), events
+
+
+def _trainer(*events) -> dict:
+    status = progress.initial_status()
+    for event in events:
+        status = progress.reduce(status, event)
+    return progress.dump_status(status)
+
+
+def _all_steps_completed(report: progress.ReportEvent | None = None) -> TrainerStatus:
+    status = progress.initial_status()
+    for i in range(10):
+        status = progress.reduce(status, progress.StepEvent(index=i, state="Completed"))
+    return progress.reduce(status, report) if report else status
+
+
 def test_reconcile_emits_one_event_per_phase_change_and_keeps_transition_times() -> None:
-    patch, events = reconcile_status({}, _job(), [_pod("Running")], now=NOW, generation=1, stall_timeout=900)
+    patch, events = _reconcile({}, _job(), [_pod("Running")])
     assert patch["phase"] == "Running" and patch["startTime"]
     assert [e.reason for e in events] == ["Running"]
-    assert patch["steps"] and patch["stepSummary"] == "0/9 before-metrics"
+    assert patch["trainer"]["steps"] and patch["trainer"]["stepSummary"] == "0/9 before-metrics"
     status = patch
-    later = NOW + timedelta(seconds=5)
-    patch2, events2 = reconcile_status(status, _job(), [_pod("Running")], now=later, generation=1,
-                                       stall_timeout=900)
-    assert events2 == [] and "phase" not in patch2
+    patch2, events2 = _reconcile(status, _job(), [_pod("Running")], now=NOW + timedelta(seconds=5))
+    assert events2 == [] and patch2 == {}
     running = next(c for c in status["conditions"] if c["type"] == "Running")
     assert running["status"] == "True" and running["observedGeneration"] == 1
 
 
-def test_final_summary_from_termination_message_fills_lost_metrics() -> None:
-    trainer_status = progress.initial_status()
-    for i in range(10):
-        trainer_status = progress.reduce(trainer_status, progress.StepEvent(index=i, state="Completed"))
-    trainer_status = progress.reduce(trainer_status, progress.ReportEvent(
-        improvements={"qualityPercent": 12.5}, xp=250, trainItems=100, artifacts={"adapter": "/output/adapter"}))
-    message = progress.final_summary(trainer_status)
-    pod = _pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": message})
-    stale = {"phase": "Running", "steps": progress.initial_status()["steps"], "startTime": "2026-01-01T11:00:00Z"}
-    patch, events = reconcile_status(stale, _job([{"type": "Complete"}]), [pod], now=NOW, generation=1,
-                                     stall_timeout=900)
-    assert patch["phase"] == "Succeeded" and patch["xp"] == 250
-    assert patch["improvements"] == {"qualityPercent": 12.5}
-    assert all(s["state"] == "Completed" for s in patch["steps"])
-    assert [e.reason for e in events] == ["Succeeded"]
-    ready = next(c for c in patch["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True"
+def test_final_summary_fills_lost_metrics_and_the_operator_awards_the_xp() -> None:
+    report = progress.ReportEvent(improvements={"qualityPercent": 12.5}, trainItems=100,
+                                  artifacts={"adapter": "/output/adapter"})
+    final = _all_steps_completed(report)
+    final.before, final.after = GradeScores(weighted_overall=40.0), GradeScores(weighted_overall=50.0)
+    pod = _pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": progress.final_summary(final)})
+    stale = {"phase": "Running", "trainer": _trainer(), "startTime": "2026-01-01T11:00:00Z"}
+    patch, events = _reconcile(stale, _job([{"type": "Complete"}]), [pod])
+    assert patch["phase"] == "Succeeded"
+    assert patch["xp"] == award_xp(100, 10.0) == 300  # the table's 250 for 100 items, x1.2 for +10 points
+    assert patch["trainer"]["improvements"] == {"qualityPercent": 12.5}
+    assert all(s["state"] == "Completed" for s in patch["trainer"]["steps"])
+    assert [e.reason for e in events] == ["Succeeded", "Awarded"]
+    conditions = {c["type"]: c for c in patch["conditions"]}
+    assert conditions["Ready"]["status"] == "True"
+    assert conditions["XPAwarded"]["status"] == "True" and "300 XP for 100" in conditions["XPAwarded"]["message"]
+
+
+def test_xp_is_the_operators_and_only_for_a_succeeded_run_of_a_trusted_image() -> None:
+    reported = progress.dump_status(_all_steps_completed(progress.ReportEvent(
+        improvements={}, trainItems=10, artifacts={})))
+    running = {"phase": "Running", "trainer": reported}
+    patch, _ = _reconcile(running, _job([{"type": "Complete"}]), [])
+    assert patch["xp"] == award_xp(10, None)  # nothing graded: the low multiplier
+    patch, events = _reconcile(running, _job([{"type": "Complete"}]), [], untrusted_image="evil/trainer:1")
+    assert "xp" not in patch and "Awarded" not in [e.reason for e in events]
+    cond = next(c for c in patch["conditions"] if c["type"] == "XPAwarded")
+    assert (cond["status"], cond["reason"]) == ("False", "UntrustedImage") and "evil/trainer:1" in cond["message"]
+    patch, _ = _reconcile(running, _job([{"type": "Failed", "reason": "BackoffLimitExceeded"}]), [])
+    assert "xp" not in patch
+    assert next(c for c in patch["conditions"] if c["type"] == "XPAwarded")["reason"] == "NotSucceeded"
+
+
+def test_a_termination_message_that_is_not_a_valid_summary_is_not_merged() -> None:
+    claims = json.dumps({"trainItems": 5, "xp": 99999, "phase": "Succeeded"})  # fields a trainer never sets
+    pod = _pod("Succeeded", terminated={"exitCode": 0, "message": claims})
+    patch, _ = _reconcile({"phase": "Running"}, _job([{"type": "Complete"}]), [pod])
+    assert "xp" not in patch and "trainItems" not in patch["trainer"]
 
 
 def test_failure_marks_the_active_step_failed() -> None:
-    status = progress.reduce(progress.initial_status(), progress.StepEvent(index=4, state="Active"))
-    status["phase"] = "Running"
+    status = {"phase": "Running", "trainer": _trainer(progress.StepEvent(index=4, state="Active"))}
     pod = _pod("Failed", terminated={"exitCode": 1, "reason": "Error", "message": "boom"})
-    patch, events = reconcile_status(status, _job([{"type": "Failed", "reason": "BackoffLimitExceeded"}]), [pod],
-                                     now=NOW, generation=1, stall_timeout=900)
+    patch, events = _reconcile(status, _job([{"type": "Failed", "reason": "BackoffLimitExceeded"}]), [pod])
     assert patch["phase"] == "Failed"
-    assert patch["steps"][4]["state"] == "Failed"
+    assert patch["trainer"]["steps"][4]["state"] == "Failed"
     assert events[0].type == "Warning"
 
 
 def test_terminal_phase_never_changes() -> None:
-    status = {"phase": "Succeeded", "steps": progress.initial_status()["steps"]}
-    patch, events = reconcile_status(status, None, [], now=NOW, generation=1, stall_timeout=900)
+    status = {"phase": "Succeeded", "trainer": _trainer()}
+    patch, events = _reconcile(status, None, [])
     assert "phase" not in patch and events == []
 
 
 def test_stalled_condition_after_timeout() -> None:
-    status = {"phase": "Running", "steps": progress.initial_status()["steps"],
-              "lastProgressTime": (NOW - timedelta(seconds=1000)).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    patch, events = reconcile_status(status, _job(), [_pod("Running")], now=NOW, generation=1, stall_timeout=900)
+    trainer = _trainer()
+    trainer["lastProgressTime"] = (NOW - timedelta(seconds=1000)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status = {"phase": "Running", "trainer": trainer}
+    patch, events = _reconcile(status, _job(), [_pod("Running")])
     stalled = next(c for c in patch["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "NoProgress"
     assert [e.reason for e in events] == ["Stalled"]
-    status["lastProgressTime"] = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
-    patch, _ = reconcile_status({**status, **patch}, _job(), [_pod("Running")], now=NOW, generation=1,
-                                stall_timeout=900)
+    trainer["lastProgressTime"] = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch, _ = _reconcile({**status, **patch}, _job(), [_pod("Running")])
     assert next(c for c in patch["conditions"] if c["type"] == "Stalled")["status"] == "False"
 
 
 def test_quality_regressed_condition() -> None:
-    status = {"phase": "Succeeded", "steps": progress.initial_status()["steps"],
-              "before": {"overall": 60.0, "weightedOverall": 61.0, "evalLoss": 2.0},
-              "after": {"overall": 40.0, "weightedOverall": 41.0, "evalLoss": 2.5}}
-    patch, events = reconcile_status(status, None, [], now=NOW, generation=1, stall_timeout=900)
+    trainer = {**_trainer(), "before": {"overall": 60.0, "weightedOverall": 61.0, "evalLoss": 2.0},
+               "after": {"overall": 40.0, "weightedOverall": 41.0, "evalLoss": 2.5}}
+    status = {"phase": "Succeeded", "trainer": trainer}
+    patch, events = _reconcile(status, None, [])
     cond = next(c for c in patch["conditions"] if c["type"] == "QualityRegressed")
     assert cond["status"] == "True" and "weighted overall quality 61.0 -> 41.0" in cond["message"]
     assert [e.reason for e in events] == ["QualityRegressed"]
     # Judged on the same number as qualityPoints and XP: a better weighted score is no regression.
-    mixed = {**status, "after": {"overall": 58.0, "weightedOverall": 63.0}}
-    patch, events = reconcile_status(mixed, None, [], now=NOW, generation=1, stall_timeout=900)
+    mixed = {**status, "trainer": {**trainer, "after": {"overall": 58.0, "weightedOverall": 63.0}}}
+    patch, events = _reconcile(mixed, None, [])
     assert next(c for c in patch["conditions"] if c["type"] == "QualityRegressed")["status"] == "False"
     assert events == []
 
 
 def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
-    conds = set_condition([], "Ready", "False", "Pending", "", "t1", 1)
+    conds: list[Condition] = set_condition([], "Ready", "False", "Pending", "", "t1", 1)
     conds = set_condition(conds, "Ready", "False", "Running", "x", "t2", 2)
-    assert conds[0]["lastTransitionTime"] == "t1" and conds[0]["reason"] == "Running"
+    assert conds[0].last_transition_time == "t1" and conds[0].reason == "Running"
     conds = set_condition(conds, "Ready", "True", "Succeeded", "", "t3", 2)
-    assert conds[0]["lastTransitionTime"] == "t3"
+    assert conds[0].last_transition_time == "t3"
 
 
 def test_merge_summary_keeps_step_timestamps() -> None:
     status = progress.reduce(progress.initial_status(), progress.StepEvent(index=0, state="Active",
                                                                           time="2026-01-01T10:00:00Z"))
-    patch = merge_summary(status, {"steps": [{"name": "before-metrics", "state": "Completed"}], "xp": 5})
-    assert patch["steps"][0] == {"name": "before-metrics", "state": "Completed", "startTime": "2026-01-01T10:00:00Z"}
-    assert patch["xp"] == 5
+    summary = TrainerStatus.model_validate({"steps": [{"name": "before-metrics", "state": "Completed"}],
+                                            "trainItems": 5})
+    merged = progress.dump_status(merge_summary(status, summary))
+    assert merged["steps"][0] == {"name": "before-metrics", "state": "Completed", "startTime": "2026-01-01T10:00:00Z"}
+    assert merged["trainItems"] == 5
 
 
 def test_spec_drift_ignores_suspend_and_defaults() -> None:
@@ -182,27 +225,29 @@ def test_a_job_about_to_end_does_not_flap_back_to_pending() -> None:
 
 def test_non_finite_numbers_never_reach_the_status() -> None:
     status = progress.reduce(progress.initial_status(), progress.EvalEvent(step=2, evalLoss=float("nan")))
-    status = progress.reduce(status, progress.MetricsEvent(which="after", scores={"perplexity": float("inf"),
-                                                                                   "overall": 40.0}))
-    assert status["evalLoss"] is None and status["after"] == {"perplexity": None, "overall": 40.0}
-    json.dumps(status, allow_nan=False)  # what the apiserver accepts
-    pod = _pod("Succeeded", terminated={"exitCode": 0, "message": '{"xp": 10, "evalLoss": NaN, "loss": Infinity}'})
-    patch, _ = reconcile_status({"phase": "Running"}, _job([{"type": "Complete"}]), [pod], now=NOW, generation=1,
-                                stall_timeout=900)
-    assert patch["xp"] == 10 and "evalLoss" not in patch and "loss" not in patch
+    # As the trainer builds them: a diverged model's perplexity is computed, not validated.
+    scores = GradeScores.model_construct(perplexity=float("inf"), overall=40.0)
+    status = progress.reduce(status, progress.MetricsEvent(which="after", scores=scores))
+    dumped = progress.dump_status(status)
+    assert "evalLoss" not in dumped and dumped["after"] == {"overall": 40.0}
+    json.dumps(dumped, allow_nan=False)  # what the apiserver accepts
+    message = '{"trainItems": 10, "evalLoss": NaN, "loss": Infinity}'
+    pod = _pod("Succeeded", terminated={"exitCode": 0, "message": message})
+    patch, _ = _reconcile({"phase": "Running"}, _job([{"type": "Complete"}]), [pod])
+    trainer = patch["trainer"]
+    assert trainer["trainItems"] == 10 and "evalLoss" not in trainer and "loss" not in trainer
     json.dumps(patch, allow_nan=False)
 
 
 def test_a_job_gone_before_its_end_is_never_recreated_and_ends_the_run() -> None:
-    steps = progress.initial_status()["steps"]
-    running = {"phase": "Running", "jobName": "demo-train", "steps": steps}
-    patch, events = reconcile_status(running, None, [], now=NOW, generation=1, stall_timeout=900)
+    running = {"phase": "Running", "jobName": "demo-train", "trainer": _trainer()}
+    patch, events = _reconcile(running, None, [])
     assert patch["phase"] == "Failed" and "Job demo-train was deleted before it finished" in patch["message"]
     assert [(e.type, e.reason) for e in events] == [("Warning", "Failed")]
     # Removed by ttlSecondsAfterFinished while the operator was away: the trainer had reported every step.
-    done = {**running, "steps": [dict(s, state="Completed") for s in steps], "xp": 120}
-    patch, _ = reconcile_status(done, None, [], now=NOW, generation=1, stall_timeout=900)
+    done = {**running, "trainer": progress.dump_status(_all_steps_completed())}
+    patch, _ = _reconcile(done, None, [])
     assert patch["phase"] == "Succeeded" and next(
         c for c in patch["conditions"] if c["type"] == "Ready")["reason"] == "Succeeded"
     # Before the Job was ever created, no Job is just that.
-    assert reconcile_status({}, None, [], now=NOW, generation=1, stall_timeout=900)[0]["phase"] == "Pending"
+    assert _reconcile({}, None, [])[0]["phase"] == "Pending"

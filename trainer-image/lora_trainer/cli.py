@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from lora_operator.api import KIND, LoraTrainingJobSpec
-from lora_operator.validation import describe_validation_error
+from lora_contract.api import KIND, LoraTrainingJobSpec
+from lora_contract.validation import describe_validation_error
 from lora_trainer.errors import EXIT_INVALID_INPUT, StepError, exit_code
 
 
@@ -51,18 +51,18 @@ def load_spec(path: str | Path) -> LoraTrainingJobSpec:
 
 def _run(args: argparse.Namespace, spec: LoraTrainingJobSpec) -> int:
     from lora_trainer.events import ConsoleSink, JsonlSink, Sink
-    from lora_trainer.kube_status import KubeStatusSink
     from lora_trainer.pipeline import run_pipeline
+    from lora_trainer.progress_reporter import ProgressReporter
 
     sinks: list[Sink] = []
-    kube = KubeStatusSink.from_env()  # inside a LoraTrainingJob pod: progress into its status
-    if kube is not None:
-        sinks.append(kube)
+    reporter = ProgressReporter.from_env()  # inside a LoraTrainingJob pod: progress to the operator
+    if reporter is not None:
+        sinks.append(reporter)
     if args.events:
         sinks.append(JsonlSink(args.events))
     if not args.quiet:
         sinks.append(ConsoleSink())
-    return int(run_pipeline(spec, args.output, sinks)["exitCode"])
+    return run_pipeline(spec, args.output, sinks).exit_code
 
 
 def _validate(spec: LoraTrainingJobSpec) -> int:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_operator.api import PIPELINE_STEPS, Artifacts, GradeScores, LoraTrainingJobSpec
-from lora_operator.progress import NoteEvent, TrainerEvent
+from lora_contract.api import PIPELINE_STEPS, Artifacts, GradeScores, LoraTrainingJobSpec
+from lora_contract.progress import NoteEvent, TrainerEvent
 from lora_trainer.evaluation import EvalItem
 from lora_trainer.formats import Example
 from lora_trainer.grader import Grader

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lora_operator.api import EvaluationSpec, GenerationSettings, GradeScores
+from lora_contract.api import EvaluationSpec, GenerationSettings, GradeScores
 from lora_trainer.formats import IGNORE_INDEX, Example, features, render_prompt
 from lora_trainer.generation import generate
 from lora_trainer.grader import Grader, aggregate

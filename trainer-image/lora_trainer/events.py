@@ -1,8 +1,8 @@
 """The event emitter and its sinks.
 
-The pipeline emits ``lora_operator.progress`` events only; everything that shows or stores
-progress is a ``Sink``. The emitter folds events with ``progress.reduce`` so the final status
-is the same dict the operator would compute from the same events.
+The pipeline emits ``lora_contract.progress`` events only; everything that shows or stores
+progress is a ``Sink``. The emitter folds events with ``progress.reduce`` once, so every sink sees
+the same ``TrainerStatus``: the one the trainer reports to the operator.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
-from lora_operator.api import PIPELINE_STEPS
-from lora_operator.progress import (
+from lora_contract.api import PIPELINE_STEPS, TrainerStatus
+from lora_contract.progress import (
     EvalEvent,
     FailureEvent,
     MetricsEvent,
@@ -28,7 +28,8 @@ from lora_operator.progress import (
     initial_status,
     reduce,
 )
-from lora_operator.report import MARKS, number, report_table
+from lora_contract.rendering import MARKS, number, report_table
+from lora_contract.xp import xp_for
 
 
 class Sink(Protocol):
@@ -37,13 +38,13 @@ class Sink(Protocol):
     The status is the emitter's one fold of the events (``progress.reduce``): sinks read it,
     they never fold again.
 
-    A sink should not raise for transient trouble (a status API being briefly down): the
+    A sink should not raise for transient trouble (the operator being briefly unreachable): the
     training run matters more than one lost progress update.
     """
 
-    def emit(self, event: TrainerEvent, status: dict[str, Any]) -> None: ...
+    def emit(self, event: TrainerEvent, status: TrainerStatus) -> None: ...
 
-    def close(self, final_status: dict[str, Any]) -> None: ...
+    def close(self, final_status: TrainerStatus) -> None: ...
 
 
 class Emitter:
@@ -51,7 +52,7 @@ class Emitter:
 
     def __init__(self, sinks: Iterable[Sink]) -> None:
         self.sinks = list(sinks)
-        self.status: dict[str, Any] = initial_status()
+        self.status = initial_status()
         self._lock = threading.Lock()  # notes may come from a watcher thread (``growth``)
 
     def emit(self, event: TrainerEvent) -> None:
@@ -60,7 +61,7 @@ class Emitter:
             for sink in self.sinks:
                 sink.emit(event, self.status)
 
-    def close(self) -> dict[str, Any]:
+    def close(self) -> TrainerStatus:
         for sink in self.sinks:
             sink.close(self.status)
         return self.status
@@ -77,11 +78,11 @@ class JsonlSink:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def emit(self, event: TrainerEvent, status: dict[str, Any]) -> None:
+    def emit(self, event: TrainerEvent, status: TrainerStatus) -> None:
         self._file.write(dump_event(event) + "\n")
         self._file.flush()
 
-    def close(self, final_status: dict[str, Any]) -> None:
+    def close(self, final_status: TrainerStatus) -> None:
         if not self._stdout:
             self._file.close()
 
@@ -100,24 +101,24 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def progress_bar(status: dict[str, Any], tokens_per_second: float | None = None) -> str | None:
+def progress_bar(status: TrainerStatus, tokens_per_second: float | None = None) -> str | None:
     """'training [████░░░░] 12/30  loss 1.8421  lr 9.5e-04  812 tok/s  ETA 1m04s', or None."""
-    total = status.get("trainingTotalSteps")
+    total = status.training_total_steps
     if not total:
         return None
-    step = status.get("trainingStep") or 0
+    step = status.training_step or 0
     filled = round(_BAR_WIDTH * min(1.0, step / total))
     parts = [f"training [{'█' * filled}{'░' * (_BAR_WIDTH - filled)}] {step}/{total}"]
-    if status.get("loss") is not None:
-        parts.append(f"loss {status['loss']:.4f}")
-    if status.get("evalLoss") is not None:
-        parts.append(f"eval {status['evalLoss']:.4f}")
-    if status.get("learningRate") is not None:
-        parts.append(f"lr {status['learningRate']:.1e}")
+    if status.loss is not None:
+        parts.append(f"loss {status.loss:.4f}")
+    if status.eval_loss is not None:
+        parts.append(f"eval {status.eval_loss:.4f}")
+    if status.learning_rate is not None:
+        parts.append(f"lr {status.learning_rate:.1e}")
     if tokens_per_second:
         parts.append(f"{tokens_per_second:.0f} tok/s")
-    if status.get("etaSeconds") is not None and step < total:
-        parts.append(f"ETA {format_duration(status['etaSeconds'])}")
+    if status.eta_seconds is not None and step < total:
+        parts.append(f"ETA {format_duration(status.eta_seconds)}")
     return "  ".join(parts)
 
 
@@ -139,18 +140,18 @@ class ConsoleSink:
 
     def _step_line(self, index: int) -> str:
         """' ✓ 4 training           2m03s  message'; cut to the terminal's width when live."""
-        step = self.status["steps"][index]
+        step = self.status.steps[index]
         duration = self._durations.get(index)
-        if duration is None and self.live and step["state"] == "Active" and index in self._started:
+        if duration is None and self.live and step.state == "Active" and index in self._started:
             duration = time.monotonic() - self._started[index]
         shown = format_duration(duration) if duration is not None else ""
-        line = f" {MARKS[step['state']]} {index} {PIPELINE_STEPS[index]:<16}{shown:>7}  {step.get('message') or ''}"
+        line = f" {MARKS[step.state]} {index} {PIPELINE_STEPS[index]:<16}{shown:>7}  {step.message or ''}"
         return line[: shutil.get_terminal_size((120, 24)).columns - 1] if self.live else line.rstrip()
 
     def _checklist(self) -> list[str]:
         lines = [self._step_line(i) for i in range(len(PIPELINE_STEPS))]
         bar = progress_bar(self.status, self._tokens_per_second)
-        if bar and self.status["steps"][PIPELINE_STEPS.index("training")]["state"] == "Active":
+        if bar and self.status.steps[PIPELINE_STEPS.index("training")].state == "Active":
             lines.append("   " + bar)
         return lines
 
@@ -165,7 +166,7 @@ class ConsoleSink:
         self._write(lines)
         self._drawn_lines = len(lines)
 
-    def emit(self, event: TrainerEvent, status: dict[str, Any]) -> None:
+    def emit(self, event: TrainerEvent, status: TrainerStatus) -> None:
         self.status = status
         if isinstance(event, TrainEvent):
             self._tokens_per_second = event.tokens_per_second
@@ -191,14 +192,15 @@ class ConsoleSink:
         elif isinstance(event, FailureEvent):
             self._write([f" ✗ {event.message}"])
 
-    def close(self, final_status: dict[str, Any]) -> None:
+    def close(self, final_status: TrainerStatus) -> None:
         self.status = final_status
         if self.live:
             self._redraw()
         else:
             self._write(["", "steps:", *self._checklist()])
-        failed = [s["name"] for s in final_status["steps"] if s["state"] == "Failed"]
+        failed = [s.name for s in final_status.steps if s.state == "Failed"]
         if failed:
-            self._write(["", f"FAILED in {', '.join(failed)}: {final_status.get('message', '')}"])
+            self._write(["", f"FAILED in {', '.join(failed)}: {final_status.message or ''}"])
             return
-        self._write(["", "report:", *report_table(final_status)])
+        self._write(["", "report:", *report_table(final_status, xp_for(final_status)),
+                     "  (XP as the operator awards it to a Succeeded run of a trusted trainer image)"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lora_operator.api import DatasetFormat
+from lora_contract.api import DatasetFormat
 from lora_trainer.sources import RawRow
 
 IGNORE_INDEX = -100  # label value the loss ignores (prompt tokens, padding)

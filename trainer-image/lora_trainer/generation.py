@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from lora_operator.api import GenerationSettings
+from lora_contract.api import GenerationSettings
 
 MIN_PROMPT_TOKENS = 16
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from pydantic.alias_generators import to_camel
 
-from lora_operator.api import LLM_JUDGE_MESSAGE, GraderSpec
+from lora_contract.api import LLM_JUDGE_MESSAGE, GraderSpec
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.text import (
     contains_phrase,

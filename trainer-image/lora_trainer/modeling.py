@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GgufConfig
 from transformers.pytorch_utils import Conv1D
 
-from lora_operator.api import LoraSettings, ModelSpec
+from lora_contract.api import LoraSettings, ModelSpec
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.formats import FALLBACK_CHAT_TEMPLATE
 

@@ -14,14 +14,15 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import datasets
 import transformers
 
-from lora_operator.api import PIPELINE_STEPS, LoraTrainingJobSpec
-from lora_operator.progress import FailureEvent, StepEvent, final_summary
+from lora_contract.api import PIPELINE_STEPS, LoraTrainingJobSpec, TrainerStatus
+from lora_contract.progress import FailureEvent, StepEvent, dump_status, final_summary
+from lora_contract.xp import xp_for
 from lora_trainer.context import RunContext
 from lora_trainer.errors import EXIT_FAILED, EXIT_OK, StepError, exit_code
 from lora_trainer.events import Emitter, Sink
@@ -68,20 +69,30 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
 
 
-def _write_results(status: dict[str, Any], output_dir: Path) -> None:
-    (output_dir / saving.REPORT).write_text(json.dumps(status, indent=2))
+@dataclass(frozen=True)
+class PipelineResult:
+    """How a run ended: the final trainer status, the exit code (0 ok, 1 failed: a retry may help, 2 invalid
+    spec or data: it cannot) and, for a run that succeeded, its XP by the shared table."""
+
+    status: TrainerStatus
+    exit_code: int
+    xp: int | None
+
+
+def _write_results(result: PipelineResult, output_dir: Path) -> None:
+    report = {"trainer": dump_status(result.status), "xp": result.xp, "exitCode": result.exit_code}
+    (output_dir / saving.REPORT).write_text(json.dumps(report, indent=2))
     termination = os.environ.get(TERMINATION_MESSAGE_ENV)
     if termination:
-        Path(termination).write_text(final_summary(status))
+        Path(termination).write_text(final_summary(result.status))
 
 
-def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Iterable[Sink]) -> dict[str, Any]:
-    """Run every step, emitting events to ``sinks``; return the final reduced status.
+def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Iterable[Sink]) -> PipelineResult:
+    """Run every step, emitting events to ``sinks``; return how it ended.
 
-    A failure marks its step Failed and emits a FailureEvent. The returned status carries
-    ``exitCode``: 0, 1 (failed: a retry may help) or 2 (invalid spec or data: it cannot). It is
-    also written to ``<output_dir>/report.json`` and, in compact form, to the termination
-    message file named by $LORA_TERMINATION_MESSAGE_PATH.
+    A failure marks its step Failed and emits a FailureEvent. The result is also written to
+    ``<output_dir>/report.json`` and the final status, in compact form, to the termination message
+    file named by $LORA_TERMINATION_MESSAGE_PATH (the operator's copy, should progress reports be lost).
     """
     output = Path(output_dir).resolve()  # artifact paths in the status are absolute
     output.mkdir(parents=True, exist_ok=True)
@@ -103,6 +114,7 @@ def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Itera
     if code:
         emitter.emit(StepEvent(index=index, state="Failed", message=message))
         emitter.emit(FailureEvent(message=f"step {index} {PIPELINE_STEPS[index]} failed: {message}"))
-    status = {**emitter.close(), "exitCode": code}
-    _write_results(status, output)
-    return status
+    final = emitter.close()
+    result = PipelineResult(status=final, exit_code=code, xp=None if code else xp_for(final))
+    _write_results(result, output)
+    return result

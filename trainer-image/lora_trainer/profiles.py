@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lora_operator.api import LoraSettings
+from lora_contract.api import LoraSettings
 from lora_trainer.errors import InvalidInput
 
 

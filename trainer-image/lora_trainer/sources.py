@@ -25,7 +25,7 @@ from typing import Any
 import datasets
 import pyarrow.parquet as pq
 
-from lora_operator.api import DatasetSource, FileType
+from lora_contract.api import DatasetSource, FileType
 from lora_trainer.errors import InvalidInput, StepError
 
 # Where the operator mounts ConfigMap datasets: <dir>/<configmap name>/<key>.

@@ -31,9 +31,11 @@ if status == nil or status.phase == nil then
 end
 
 local phase = status.phase
-local where = text(status.stepSummary, "step ?")
-if status.progress ~= nil then
-  where = where .. " (" .. status.progress .. "%)"
+-- What the trainer reported lives in status.trainer; absent until its first report.
+local trainer = status.trainer or {}
+local where = text(trainer.stepSummary, "step ?")
+if trainer.progress ~= nil then
+  where = where .. " (" .. trainer.progress .. "%)"
 end
 
 if phase == "Failed" then

@@ -5,7 +5,7 @@ The held-out loss is step 6's: same reloaded model, same validation split.
 
 from __future__ import annotations
 
-from lora_operator.progress import MetricsEvent
+from lora_contract.progress import MetricsEvent
 from lora_trainer.context import RunContext
 from lora_trainer.steps.before_metrics import describe, measure
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import huggingface_hub
 
-from lora_operator.api import GradeScores
-from lora_operator.progress import MetricsEvent
+from lora_contract.api import GradeScores
+from lora_contract.progress import MetricsEvent
 from lora_trainer.context import RunContext, digest
 from lora_trainer.evaluation import eval_items, grade_model, heldout_loss
 from lora_trainer.events import format_duration

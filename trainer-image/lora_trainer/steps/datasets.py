@@ -8,7 +8,7 @@ from collections.abc import Callable
 from statistics import fmean
 from typing import Any
 
-from lora_operator.api import LoraTrainingJobSpec
+from lora_contract.api import LoraTrainingJobSpec
 from lora_trainer import refine
 from lora_trainer.context import PreparedData, RunContext
 from lora_trainer.errors import InvalidInput

@@ -1,4 +1,4 @@
-"""Step 9, improvements: before/after comparison, XP, and the run's report event.
+"""Step 9, improvements: before/after comparison, the XP the run earns, and the run's report event.
 
 The product spec's formulas, made sound: a change relative to a zero (or missing) baseline is
 undefined and reported as null rather than dividing by zero (docs/grading.md).
@@ -6,11 +6,11 @@ undefined and reported as null rather than dividing by zero (docs/grading.md).
 
 from __future__ import annotations
 
-from lora_operator.api import GradeScores, Improvements
-from lora_operator.progress import ReportEvent
+from lora_contract.api import GradeScores, Improvements
+from lora_contract.progress import ReportEvent
+from lora_contract.xp import award_xp, quality_multiplier
 from lora_trainer.context import RunContext
 from lora_trainer.refine import normalized
-from lora_trainer.xp import award_xp, quality_multiplier
 
 
 def percent_change(old: float | None, new: float | None) -> float | None:
@@ -47,9 +47,10 @@ def run(ctx: RunContext) -> str:
     result = improvements(ctx.before, ctx.after)
     # Distinct items only: repeating the same rows (dedupe off) earns no XP.
     train_items = len({normalized(e.text) for e in ctx.need("data").train})
+    ctx.emit(ReportEvent(improvements=result, train_items=train_items, artifacts=ctx.artifacts))
+    # The operator awards the XP (to a Succeeded run of a trusted image); this is its figure by the shared table.
     xp = award_xp(train_items, result.quality_points)
-    ctx.emit(ReportEvent(improvements=result, xp=xp, train_items=train_items, artifacts=ctx.artifacts))
-    parts = [f"{xp} XP for {train_items} distinct training items (quality multiplier "
+    parts = [f"the operator awards {xp} XP for {train_items} distinct training items (quality multiplier "
              f"{quality_multiplier(result.quality_points):.2f}"
              + (", nothing graded" if result.quality_points is None else "") + ")"]
     if result.quality_points is not None:

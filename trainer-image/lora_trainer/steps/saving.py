@@ -15,8 +15,8 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from lora_operator.api import Artifacts
-from lora_operator.progress import now_iso
+from lora_contract.api import Artifacts
+from lora_contract.progress import now_iso
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.modeling import load_model, resolve_source

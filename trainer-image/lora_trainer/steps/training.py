@@ -30,7 +30,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 
-from lora_operator.progress import EvalEvent, TrainerEvent, TrainEvent
+from lora_contract.progress import EvalEvent, TrainerEvent, TrainEvent
 from lora_trainer.context import RunContext
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.events import format_duration

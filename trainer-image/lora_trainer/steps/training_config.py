@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainingArguments
 
-from lora_operator.api import LoraSettings
+from lora_contract.api import LoraSettings
 from lora_trainer.context import RunContext, TrainingPlan
 from lora_trainer.errors import InvalidInput
 from lora_trainer.formats import IGNORE_INDEX, Example, features

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from lora_operator.api import ModelSpec
+from lora_contract.api import ModelSpec
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.evaluation import heldout_loss

@@ -459,22 +459,36 @@ class LoraTrainingJobSpec(_Model):
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 StepState = Literal["Pending", "Active", "Completed", "Failed", "Skipped"]
+StepName = Literal[PIPELINE_STEPS]  # type: ignore[valid-type]
+# An RFC 3339 time as the trainer and the operator write it (second or finer precision, UTC or offset).
+Timestamp = Annotated[str, Field(max_length=40, pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")]
+LOSS_HISTORY_POINTS = 50
+REPORT_MESSAGE_LIMIT = 4096
+STEP_MESSAGE_LIMIT = 1024
+PATH_LIMIT = 4096
 
 
-class StepStatus(_Model):
-    name: str
+class _Reported(_Model):
+    """A part of what the trainer reports. The operator parses untrusted reports with these models, so
+    numbers must be finite and every string and list has a bound (the trainer keeps to them: ``progress``)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class StepStatus(_Reported):
+    name: StepName
     state: StepState = "Pending"
-    start_time: str | None = None
-    end_time: str | None = None
-    message: str | None = Field(None, max_length=1024)
+    start_time: Timestamp | None = None
+    end_time: Timestamp | None = None
+    message: str | None = Field(None, max_length=STEP_MESSAGE_LIMIT)
 
 
-class LossPoint(_Model):
-    step: int
+class LossPoint(_Reported):
+    step: int = Field(ge=0)
     loss: float
 
 
-class GradeScores(_Model):
+class GradeScores(_Reported):
     """THE_ANSWER scores (0-100) and derived numbers for one model (see docs/grading.md)."""
 
     task_accuracy: float | None = None
@@ -485,12 +499,12 @@ class GradeScores(_Model):
     weighted_overall: float | None = None
     eval_loss: float | None = None
     perplexity: float | None = None
-    seconds_per_answer: float | None = None
-    tokens_per_second: float | None = None
-    items: int | None = None
+    seconds_per_answer: float | None = Field(None, ge=0)
+    tokens_per_second: float | None = Field(None, ge=0)
+    items: int | None = Field(None, ge=0)
 
 
-class Improvements(_Model):
+class Improvements(_Reported):
     quality_percent: float | None = None
     quality_points: float | None = None
     speed_percent: float | None = None
@@ -498,11 +512,47 @@ class Improvements(_Model):
     perplexity_percent: float | None = None
 
 
-class Artifacts(_Model):
-    adapter: str | None = None
-    merged: str | None = None
-    report: str | None = None
-    manifest: str | None = None
+class Artifacts(_Reported):
+    adapter: str | None = Field(None, max_length=PATH_LIMIT)
+    merged: str | None = Field(None, max_length=PATH_LIMIT)
+    report: str | None = Field(None, max_length=PATH_LIMIT)
+    manifest: str | None = Field(None, max_length=PATH_LIMIT)
+
+
+class TrainerStatus(_Reported):
+    """What the trainer reports, as the operator last accepted it: step checklist, training progress,
+    before/after scores, improvements, artifacts. The trainer never sets phase, conditions or XP."""
+
+    current_step: int | None = Field(None, ge=0, lt=len(PIPELINE_STEPS))
+    total_steps: int | None = Field(None, ge=0, le=len(PIPELINE_STEPS))
+    step_name: StepName | None = None
+    step_summary: str | None = Field(None, max_length=64, description="'4/9 training' for kubectl get.")
+    steps: list[StepStatus] = Field(default_factory=list, max_length=len(PIPELINE_STEPS))
+    progress: int | None = Field(None, ge=0, le=100, description="Overall progress, percent.")
+    training_step: int | None = Field(None, ge=0)
+    training_total_steps: int | None = Field(None, ge=0)
+    epoch: float | None = Field(None, ge=0)
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    eta_seconds: int | None = Field(None, ge=0)
+    loss_history: list[LossPoint] = Field(default_factory=list, max_length=LOSS_HISTORY_POINTS,
+                                          description="Downsampled training loss, at most 50 points.")
+    before: GradeScores | None = None
+    after: GradeScores | None = None
+    improvements: Improvements | None = None
+    train_items: int | None = Field(None, ge=0, description="Distinct training items (XP is awarded for them).")
+    artifacts: Artifacts | None = None
+    message: str | None = Field(None, max_length=REPORT_MESSAGE_LIMIT, description="The trainer's failure message.")
+    last_progress_time: Timestamp | None = None
+
+
+class ProgressReport(_Model):
+    """The body a trainer POSTs to the operator's progress endpoint: its whole current state (so a lost
+    report costs nothing) and a sequence number that grows with every report of the same pod."""
+
+    sequence: int = Field(ge=0)
+    trainer: TrainerStatus
 
 
 class Condition(_Model):
@@ -515,31 +565,13 @@ class Condition(_Model):
 
 
 class LoraTrainingJobStatus(_Model):
+    """Written by the operator only. ``trainer`` holds the trainer's reports; the rest is the operator's."""
+
     phase: Phase | None = None
-    current_step: int | None = None
-    total_steps: int | None = None
-    step_name: str | None = None
-    step_summary: str | None = Field(None, description="'4/9 training' for kubectl get.")
-    steps: list[StepStatus] = Field(default_factory=list)
-    progress: int | None = Field(None, description="Overall progress, percent.")
-    training_step: int | None = None
-    training_total_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    learning_rate: float | None = None
-    eta_seconds: int | None = None
-    loss_history: list[LossPoint] = Field(default_factory=list,
-                                          description="Downsampled training loss, at most 50 points.")
-    before: GradeScores | None = None
-    after: GradeScores | None = None
-    improvements: Improvements | None = None
-    xp: int | None = None
-    train_items: int | None = None
-    job_name: str | None = None
-    artifacts: Artifacts | None = None
     message: str | None = Field(None, max_length=4096)
-    last_progress_time: str | None = None
+    trainer: TrainerStatus | None = None
+    xp: int | None = Field(None, ge=0, description="XP the operator awarded for a Succeeded run (docs/grading.md).")
+    job_name: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import bisect
 
+from lora_contract.api import TrainerStatus
+
 XP_TABLE: tuple[tuple[int, int], ...] = ((0, 0), (10, 25), (100, 250), (500, 800), (4800, 1500), (20000, 2800))
 XP_CAP = 4000
 # XP multiplier per weighted-overall point gained, and its bounds.
@@ -37,3 +39,15 @@ def quality_multiplier(quality_points: float | None) -> float:
 
 def award_xp(items: int, quality_points: float | None) -> int:
     return max(0, round(base_xp(items) * quality_multiplier(quality_points)))
+
+
+def xp_for(trainer: TrainerStatus) -> int | None:
+    """XP for what the trainer reported: its distinct training items and the before/after weighted overall
+    scores (never its own improvements figures). None until the trainer has reported its items."""
+    if trainer.train_items is None:
+        return None
+    before, after = trainer.before, trainer.after
+    points = None
+    if before and after and before.weighted_overall is not None and after.weighted_overall is not None:
+        points = after.weighted_overall - before.weighted_overall
+    return award_xp(trainer.train_items, points)
