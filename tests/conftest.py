@@ -76,6 +76,21 @@ def pvc(name: str, storage: str = "1Gi") -> dict:
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}}}
 
 
+# A Node no kubelet runs, closed to the scheduler: a pod bound to it exists (its ServiceAccount token
+# works) but never runs. Not a missing node: the pod garbage collector deletes pods of those in ~40 s.
+PARKING_NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "lora-parking"},
+                "spec": {"unschedulable": True}}
+
+
+def parked_pod(run: str, name: str) -> dict:
+    """A pod of ``run`` as its Job makes them (labels, ServiceAccount), parked on PARKING_NODE."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"lora.airepublic.io/job": run,
+                                                  "app.kubernetes.io/managed-by": "lora-operator"}},
+            "spec": {"serviceAccountName": f"{run}-trainer", "nodeName": PARKING_NODE["metadata"]["name"],
+                     "automountServiceAccountToken": False, "containers": [{"name": "trainer", "image": "none"}]}}
+
+
 def wait_for(what: str, check, timeout: float = 120, interval: float = 0.5):
     """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout.
 
@@ -211,7 +226,8 @@ class OperatorProcess:
     def start(self) -> None:
         self.starts += 1
         env = self.cp.env()
-        env.update(LORA_SYNC_INTERVAL_SECONDS="3", PYTHONUNBUFFERED="1")
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("LORA_SYNC_INTERVAL_SECONDS", "3")  # tests notice Stalled sooner; the bench sets 30
         if self.tls_dir:
             env.setdefault("LORA_PROGRESS_TLS_DIR", str(self.tls_dir))
             env.setdefault("LORA_PROGRESS_PORT", str(self.port))

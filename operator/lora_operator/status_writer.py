@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,17 @@ class TokenBucket:
     def take(self) -> None:
         while (wait := self.try_take()) > 0:
             time.sleep(wait)
+
+
+@dataclass
+class Held:
+    """A run held by ``StatusWriter.exclusive``: its pending report, if any."""
+
+    report: dict[str, Any] | None
+    returned: bool = False
+
+    def put_back(self) -> None:
+        self.returned = True
 
 
 class StatusWriter:
@@ -133,21 +145,24 @@ class StatusWriter:
 
     # --- the operator's own writes -----------------------------------------------------
     @contextlib.contextmanager
-    def exclusive(self, key: RunKey) -> Iterator[dict[str, Any] | None]:
+    def exclusive(self, key: RunKey) -> Iterator[Held]:
         """Hold the run (no report of it is written meanwhile) and take its pending report, newer than
-        anything in the API, for the caller to fold into what it writes with ``write``. Should the caller
-        fail, the report goes back to the queue."""
+        anything in the API, for the caller to fold into what it writes with ``write``. The report goes back
+        to the queue should the caller fail, or ``put_back`` it."""
         with self._run_lock(key):
             with self._cond:
                 item = self._pending.pop(key, None)
+            held = Held(item[0] if item else None)
             try:
-                yield item[0] if item else None
+                yield held
             except BaseException:
-                if item:
+                held.put_back()
+                raise
+            finally:
+                if item and held.returned:
                     with self._cond:
                         if key not in self._closed:
                             self._pending.setdefault(key, item)
-                raise
 
     def write(self, key: RunKey, patch: dict[str, Any], *, final: bool = False) -> None:
         """Write ``patch`` now, waiting for budget; inside ``exclusive``. ``final``: the run is finished, and

@@ -1,7 +1,7 @@
 """The progress endpoint against the real control plane: real pod-bound tokens, real TokenReviews.
 
-The reporting pods here are bound to a node that does not exist, so no node runs them: a token needs a
-pod to exist, not to run. Tokens come from the TokenRequest API exactly as the kubelet gets them.
+The reporting pods here are parked on a Node no kubelet runs: a token needs a pod to exist, not to run.
+Tokens come from the TokenRequest API exactly as the kubelet gets them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lora_contract import progress
-from tests.conftest import wait_for
+from tests.conftest import PARKING_NODE, parked_pod, wait_for
 from tests.integration.test_operator_lifecycle import _ltj
 
 pytestmark = pytest.mark.integration
@@ -48,16 +48,6 @@ def _report(sequence: int, training_step: int, **extra) -> dict:
     return body
 
 
-def _pod(kubectl, namespace: str, run: str, name: str) -> None:
-    """A pod of ``run`` as its Job makes them (labels, ServiceAccount), parked on a node that is not there."""
-    kubectl.apply({"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": name, "labels": {"lora.airepublic.io/job": run,
-                                                         "app.kubernetes.io/managed-by": "lora-operator"}},
-                   "spec": {"serviceAccountName": f"{run}-trainer", "nodeName": "no-such-node",
-                            "automountServiceAccountToken": False,
-                            "containers": [{"name": "trainer", "image": "none"}]}}, namespace)
-
-
 def _token(kubectl, namespace: str, account: str, pod: str | None = None, audience: str = "lora-operator") -> str:
     bound = ["--bound-object-kind", "Pod", "--bound-object-name", pod] if pod else []
     return kubectl("create", "token", account, "-n", namespace, "--audience", audience, "--duration", "10m",
@@ -71,7 +61,8 @@ def test_only_a_pod_of_the_run_may_report_and_only_a_valid_report_is_written(
         kubectl.apply(_ltj(name, suspend=True), namespace)
     for name in ("alpha", "beta"):
         wait_for(f"{name} Suspended", lambda n=name: kubectl.status(namespace, n).get("phase") == "Suspended")
-    _pod(kubectl, namespace, "alpha", "alpha-pod")
+    kubectl.apply(PARKING_NODE, "")
+    kubectl.apply(parked_pod("alpha", "alpha-pod"), namespace)
     endpoint = Endpoint(operator.port, progress_tls, namespace)
     token = _token(kubectl, namespace, "alpha-trainer", "alpha-pod")
 

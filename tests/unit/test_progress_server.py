@@ -75,7 +75,7 @@ def test_reports_reach_the_writer_newest_first_and_never_for_a_finished_run() ->
     directory.set_run("ns", "demo", "uid-r", "Running")
     assert _exchange(directory, writer, [("demo", _body(1, 1)), ("demo", _body(3, 3)), ("demo", _body(2, 2))]) == \
         [202, 202, 200]
-    with writer.exclusive(("ns", "demo", "uid-r")) as pending:
-        assert pending and pending["trainingStep"] == 3
+    with writer.exclusive(("ns", "demo", "uid-r")) as held:
+        assert held.report and held.report["trainingStep"] == 3
     directory.set_run("ns", "demo", "uid-r", "Succeeded")
     assert _exchange(directory, writer, [("demo", _body(4, 4))]) == [409]

@@ -58,13 +58,13 @@ def test_the_operators_write_takes_the_pending_report_and_a_final_write_closes_t
     patch = Recorder()
     writer = StatusWriter(patch, rate=100, run_interval=60)
     writer.report(KEY, {"trainingStep": 7})
-    with writer.exclusive(KEY) as pending:
-        assert pending == {"trainingStep": 7}
-        writer.write(KEY, {"phase": "Succeeded", "trainer": pending}, final=True)
+    with writer.exclusive(KEY) as held:
+        assert held.report == {"trainingStep": 7}
+        writer.write(KEY, {"phase": "Succeeded", "trainer": held.report}, final=True)
     assert patch.calls == [("ns", "run", {"phase": "Succeeded", "trainer": {"trainingStep": 7}})]
     assert writer.report(KEY, {"trainingStep": 8}) is False  # a finished run takes no more reports
-    with writer.exclusive(KEY) as pending:
-        assert pending is None
+    with writer.exclusive(KEY) as held:
+        assert held.report is None
     writer.forget(KEY)  # deleted: a new run of the same name and uid would start clean
     assert writer.report(KEY, {"trainingStep": 1}) is True
 
@@ -72,10 +72,13 @@ def test_the_operators_write_takes_the_pending_report_and_a_final_write_closes_t
 def test_a_failed_operator_write_puts_the_report_back() -> None:
     writer = StatusWriter(Recorder(fail=1), rate=100, run_interval=60)
     writer.report(KEY, {"trainingStep": 3})
-    with pytest.raises(RuntimeError), writer.exclusive(KEY) as pending:
-        writer.write(KEY, {"trainer": pending})
-    with writer.exclusive(KEY) as pending:
-        assert pending == {"trainingStep": 3}
+    with pytest.raises(RuntimeError), writer.exclusive(KEY) as held:
+        writer.write(KEY, {"trainer": held.report})
+    with writer.exclusive(KEY) as held:
+        assert held.report == {"trainingStep": 3}
+        held.put_back()  # the operator had nothing of its own to write: the report waits for its turn
+    with writer.exclusive(KEY) as held:
+        assert held.report == {"trainingStep": 3}
 
 
 def test_a_failed_report_write_is_retried_and_the_loop_survives() -> None:
