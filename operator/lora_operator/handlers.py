@@ -190,15 +190,18 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
             _create(obj, namespace, meta["uid"])
     except (ValidationError, ChildRejected) as err:
         message = describe_validation_error(err) if isinstance(err, ValidationError) else str(err)
-        old = parse(dict(status))
-        new = old.model_copy(update={
-            "phase": "Failed", "message": message, "observed_generation": meta.get("generation"),
-            "conditions": set_condition(old.conditions, R.FAILED, "True", R.INVALID_SPEC, message, _now_s(),
-                                        meta.get("generation"))})
-        key = (namespace, name, meta["uid"])
-        DIRECTORY.set_run(namespace, name, meta["uid"], "Failed")
-        with WRITER.exclusive(key):
-            WRITER.write(key, status_patch(old, new), final=True)
+        # Under the run's lock and on a fresh read, like ``sync``: a sync that read the run before this
+        # write must not then write its older view over the Failed phase.
+        with _lock(namespace, name):
+            old = parse((_read_run(namespace, name) or {}).get("status"))
+            new = old.model_copy(update={
+                "phase": "Failed", "message": message, "observed_generation": meta.get("generation"),
+                "conditions": set_condition(old.conditions, R.FAILED, "True", R.INVALID_SPEC, message, _now_s(),
+                                            meta.get("generation"))})
+            key = (namespace, name, meta["uid"])
+            DIRECTORY.set_run(namespace, name, meta["uid"], "Failed")
+            with WRITER.exclusive(key):
+                WRITER.write(key, status_patch(old, new), final=True)
         kopf.event(body, type="Warning", reason=R.INVALID_SPEC, message=message)
         raise kopf.PermanentError(message) from err
     job = builders.job_name(name)
