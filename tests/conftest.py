@@ -55,6 +55,13 @@ class Kubectl:
         """The status of LoraTrainingJob ``namespace/name`` ({} while it has none or does not exist)."""
         return (self.get("ltj", name, namespace) or {}).get("status") or {}
 
+    def events(self, namespace: str, name: str, containing: str, timeout: float = 30) -> str:
+        """The Events of object ``name``, once one mentions ``containing``: Kopf posts Events from a queue of
+        its own, so one may trail the status write it goes with by a moment."""
+        return wait_for(f"an Event of {name} with {containing!r}", lambda: (e := self(
+            "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")) and containing in e
+            and e, timeout=timeout)
+
     def bound_dir(self, namespace: str, claim: str) -> Path:
         """The host folder of the hostPath PV that PVC ``namespace/claim`` gets bound to (both test nodes)."""
         volume = wait_for(f"PVC {claim} bound", lambda: (self.get("pvc", claim, namespace) or {})

@@ -132,8 +132,7 @@ def test_chart_rbac_runs_the_operator_and_nothing_more(
         assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"{TRAINER_REPOSITORY}:{TRAINER_TAG}"
         for kind, name in [("serviceaccount", "rbac-trainer"), ("configmap", "rbac-spec")]:
             assert kubectl.get(kind, name, work), kind
-        events = kubectl("get", "events", "-n", work, "--field-selector", "involvedObject.name=rbac")
-        assert "JobCreated" in events
+        kubectl.events(work, "rbac", "JobCreated")
         # On restart every create conflicts and the operator reads the existing object instead ("get").
         op.stop()
         op.start()

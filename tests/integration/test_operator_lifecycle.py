@@ -41,8 +41,7 @@ def test_suspended_run_gets_its_job_and_children(kubectl, operator, namespace) -
     for kind, name in [("serviceaccount", "alpha-trainer"), ("configmap", "alpha-spec")]:
         obj = kubectl.get(kind, name, namespace)
         assert obj and obj["metadata"]["ownerReferences"][0]["uid"] == owner, kind
-    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=alpha")
-    assert "JobCreated" in events
+    kubectl.events(namespace, "alpha", "JobCreated")
 
 
 def test_operator_restart_creates_no_second_job(kubectl, operator, namespace) -> None:
@@ -113,8 +112,7 @@ def test_a_spec_whose_job_the_apiserver_refuses_fails_as_invalid_spec(kubectl, o
     assert "nodeSelector" in status["message"], status["message"]
     cond = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert cond["status"] == "True" and cond["reason"] == "InvalidSpec"
-    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=epsilon")
-    assert "InvalidSpec" in events and "Warning" in events
+    assert "Warning" in kubectl.events(namespace, "epsilon", "InvalidSpec")
     assert not _jobs(kubectl, namespace)
     # Editing a failed run changes nothing and does not loop on errors.
     kubectl("patch", "ltj", "epsilon", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')

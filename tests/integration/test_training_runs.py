@@ -142,8 +142,7 @@ def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, 
     assert failed["name"] == "datasets"
     jobs = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]
     assert len(jobs) == 1  # invalid input is not retried (podFailurePolicy)
-    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=broken")
-    assert "Warning" in events and "Failed" in events
+    assert "Warning" in kubectl.events(namespace, "broken", "Failed")
 
 
 def test_final_metrics_arrive_through_the_termination_message_when_the_operator_is_down(

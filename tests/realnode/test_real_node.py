@@ -114,8 +114,7 @@ def test_a_memory_limit_too_small_ends_failed_with_reason_oomkilled(rk, operator
     assert "exit code 137" in status["message"] and "spec.resources.memory" in status["message"]
     terminated = _pods(rk, real_namespace, "oom")[0]["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137)
-    events = rk("get", "events", "-n", real_namespace, "--field-selector", "involvedObject.name=oom")
-    assert "OOMKilled" in events
+    rk.events(real_namespace, "oom", "OOMKilled")
 
 
 def test_a_pod_deleted_mid_training_is_retried_and_resumes_from_its_checkpoint(rk, operator_release,
