@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from lora_contract import api
-from lora_contract.api import TrainerStatus
+from lora_contract.api import LoraTrainingJobStatus, TrainerStatus
 from lora_contract.validation import describe_validation_error
 from lora_operator import builders, progress_server
 from lora_operator import reasons as R
@@ -134,6 +135,24 @@ WRITER = StatusWriter(_patch_status, rate=float(os.environ.get("LORA_STATUS_WRIT
                       run_interval=float(os.environ.get("LORA_STATUS_RUN_INTERVAL_SECONDS", "5")))
 
 
+def _change_status(namespace: str, name: str, uid: str,
+                   change: Callable[[LoraTrainingJobStatus], LoraTrainingJobStatus | None], *,
+                   final: bool = False) -> bool:
+    """Write ``change`` of the run's status, under the run's lock and on a fresh read: ``sync`` rewrites the
+    conditions from its own read, and a handler's ``status`` argument may predate the last write. The run's
+    pending report keeps its turn. False when ``change`` had nothing to write."""
+    with _lock(namespace, name):
+        old = parse((_read_run(namespace, name) or {}).get("status"))
+        new = change(old)
+        if new is None:
+            return False
+        key = (namespace, name, uid)
+        with WRITER.exclusive(key) as held:
+            held.put_back()
+            WRITER.write(key, status_patch(old, new), final=final)
+        return True
+
+
 class ChildRejected(Exception):
     """The apiserver refused a child built from this spec as invalid: retrying the same spec cannot help."""
 
@@ -190,18 +209,11 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
             _create(obj, namespace, meta["uid"])
     except (ValidationError, ChildRejected) as err:
         message = describe_validation_error(err) if isinstance(err, ValidationError) else str(err)
-        # Under the run's lock and on a fresh read, like ``sync``: a sync that read the run before this
-        # write must not then write its older view over the Failed phase.
-        with _lock(namespace, name):
-            old = parse((_read_run(namespace, name) or {}).get("status"))
-            new = old.model_copy(update={
-                "phase": "Failed", "message": message, "observed_generation": meta.get("generation"),
-                "conditions": set_condition(old.conditions, R.FAILED, "True", R.INVALID_SPEC, message, _now_s(),
-                                            meta.get("generation"))})
-            key = (namespace, name, meta["uid"])
-            DIRECTORY.set_run(namespace, name, meta["uid"], "Failed")
-            with WRITER.exclusive(key):
-                WRITER.write(key, status_patch(old, new), final=True)
+        DIRECTORY.set_run(namespace, name, meta["uid"], "Failed")
+        _change_status(namespace, name, meta["uid"], lambda old: old.model_copy(update={
+            "phase": "Failed", "message": message, "observed_generation": meta.get("generation"),
+            "conditions": set_condition(old.conditions, R.FAILED, "True", R.INVALID_SPEC, message, _now_s(),
+                                        meta.get("generation"))}), final=True)
         kopf.event(body, type="Warning", reason=R.INVALID_SPEC, message=message)
         raise kopf.PermanentError(message) from err
     job = builders.job_name(name)
@@ -236,24 +248,19 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
             return
         raise
     drift = spec_drift(yaml.safe_load(frozen.data["spec.yaml"]), new)
-    # Under the run's lock and on a fresh read: ``sync`` rewrites the conditions list from its own read,
-    # and the event's ``status`` may predate this handler's previous write.
-    with _lock(namespace, name):
-        old = parse((_read_run(namespace, name) or {}).get("status"))
-        was_ignored = condition_true(old, R.SPEC_CHANGE_IGNORED)
-        if drift or was_ignored:
-            message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
-                       "applied; create a new LoraTrainingJob to train with them") if drift else \
-                "the spec matches the one this run started with again"
-            new = old.model_copy(update={"conditions": set_condition(
-                old.conditions, R.SPEC_CHANGE_IGNORED, "True" if drift else "False",
-                R.IMMUTABLE_AFTER_START if drift else R.SPEC_RESTORED, message, _now_s(), meta.get("generation"))})
-            key = (namespace, name, meta["uid"])
-            with WRITER.exclusive(key) as held:
-                held.put_back()  # conditions only: the pending report keeps its turn
-                WRITER.write(key, status_patch(old, new))
-            if drift:
-                kopf.event(body, type="Warning", reason=R.SPEC_CHANGE_IGNORED, message=message)
+    message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
+               "applied; create a new LoraTrainingJob to train with them") if drift else \
+        "the spec matches the one this run started with again"
+
+    def report_drift(old: LoraTrainingJobStatus) -> LoraTrainingJobStatus | None:
+        if not drift and not condition_true(old, R.SPEC_CHANGE_IGNORED):
+            return None
+        return old.model_copy(update={"conditions": set_condition(
+            old.conditions, R.SPEC_CHANGE_IGNORED, "True" if drift else "False",
+            R.IMMUTABLE_AFTER_START if drift else R.SPEC_RESTORED, message, _now_s(), meta.get("generation"))})
+
+    if _change_status(namespace, name, meta["uid"], report_drift) and drift:
+        kopf.event(body, type="Warning", reason=R.SPEC_CHANGE_IGNORED, message=message)
     sync(namespace, name)
 
 

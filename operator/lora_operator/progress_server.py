@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from lora_contract.api import ProgressReport
 from lora_contract.progress import dump_status
+from lora_contract.validation import describe_validation_error
 from lora_operator import builders
 from lora_operator.status_writer import RunKey, StatusWriter
 
@@ -130,11 +131,6 @@ def _text(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
 
-def describe(err: ValidationError, limit: int = 5) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:limit]]
-    return "invalid report: " + "; ".join(parts)
-
-
 class ProgressEndpoint:
     """The aiohttp application: ``POST /v1/namespaces/{ns}/loratrainingjobs/{name}/report``."""
 
@@ -187,7 +183,7 @@ class ProgressEndpoint:
         except web.HTTPRequestEntityTooLarge:
             return _text(413, f"a report is at most {MAX_BODY_BYTES} bytes")
         except ValidationError as err:
-            return _text(400, describe(err))
+            return _text(400, describe_validation_error(err, what="report", limit=5))
         key: RunKey = (namespace, name, run[0])
         with self._lock:
             last = self._sequences.get((key, who.pod_uid), -1)
