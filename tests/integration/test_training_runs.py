@@ -9,7 +9,11 @@ GPU requests schedule as on a GPU node and the trainer then takes its CPU path.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -83,6 +87,21 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
     assert (artifacts / "report.json").exists()
 
 
+@contextmanager
+def frozen_trainer(kubectl, namespace: str, name: str) -> Iterator[None]:
+    """The run's trainer stopped (SIGSTOP) inside the block: the tiny model trains 50 steps a second, so a
+    test that needs the trainer to outlast an operator restart holds it still instead of racing it. The test
+    node runs each pod as a local process group whose id is in the container ID (``lora-test://<pid>``)."""
+    pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={name}-train",
+                                 "-o", "yaml"))["items"][0]
+    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("lora-test://"))
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+
+
 def _training_step(kubectl, namespace: str, name: str) -> int:
     return (kubectl.status(namespace, name).get("trainer") or {}).get("trainingStep") or 0
 
@@ -92,15 +111,17 @@ def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, ti
     were and nothing goes backwards; deleting the run removes Job and pods."""
     kubectl.apply(pvc("artifacts"), namespace)
     recorder = StatusRecorder(kubectl, namespace, "restart")
-    kubectl.apply(_tiny_run("restart", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 300}),
+    kubectl.apply(_tiny_run("restart", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 1000}),
                   namespace)
     recorder.start()
     wait_for("training reported", lambda: _training_step(kubectl, namespace, "restart") > 0, timeout=180,
              interval=0.2)
-    operator.stop()
-    at_stop = _training_step(kubectl, namespace, "restart")
-    time.sleep(5)  # the trainer keeps training, its reports refused
-    operator.start()
+    with frozen_trainer(kubectl, namespace, "restart"):
+        operator.stop()
+    time.sleep(4)  # the trainer trains on; its reports (every 3 s at most) are refused and back off
+    with frozen_trainer(kubectl, namespace, "restart"):
+        at_stop = _training_step(kubectl, namespace, "restart")
+        operator.start()  # the trainer's backoff runs out meanwhile: its next report goes out at once
     wait_for("reports after the restart", lambda: _training_step(kubectl, namespace, "restart") > at_stop or
              kubectl.status(namespace, "restart").get("phase") == "Succeeded", timeout=180, interval=0.2)
     recorder.join(timeout=600)
@@ -153,7 +174,8 @@ def test_final_metrics_arrive_through_the_termination_message_when_the_operator_
     wait_for("the trainer's first report", lambda: any(
         s.get("state") != "Pending" for s in (kubectl.status(namespace, "cut").get("trainer") or {}).get("steps", [])),
         timeout=180, interval=0.2)
-    operator.stop()
+    with frozen_trainer(kubectl, namespace, "cut"):  # else the trainer may finish while the operator stops
+        operator.stop()
     assert kubectl.status(namespace, "cut").get("phase") != "Succeeded"
     wait_for("the trainer to finish without the operator", lambda: [
         p for p in yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"]

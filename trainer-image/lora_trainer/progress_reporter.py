@@ -49,7 +49,7 @@ class ProgressReporter:
     """A ``Sink`` that POSTs ``ProgressReport``s to the operator's progress endpoint."""
 
     def __init__(self, url: str, token_file: Path, ca_file: Path | None = None, *, min_interval: float = 3.0,
-                 timeout: float = 10.0, backoff_base: float = 1.0, backoff_cap: float = 60.0,
+                 timeout: float = 10.0, backoff_base: float = 1.0, backoff_cap: float = 15.0,
                  close_attempts: int = 3, close_timeout: float = 10.0) -> None:
         self.url = url
         self.token_file = token_file
