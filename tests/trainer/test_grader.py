@@ -20,14 +20,12 @@ from lora_trainer.grader import (
     ItemGrade,
     LlmJudgeGrader,
     aggregate,
-    coherence,
     complexity,
     derive_keywords,
     make_grader,
-    rouge_l,
-    token_f1,
 )
 from lora_trainer.text import stem, words
+from lora_trainer.text_metrics import coherence, rouge_l, token_f1
 
 QUERY = "What are the minion ranks?"
 REFERENCE = ("Per the Minion Handbook, there are five ranks: Sprout (0 to 99 XP), Runner (100 to 499 XP), "
@@ -204,18 +202,19 @@ def test_make_grader(monkeypatch: pytest.MonkeyPatch) -> None:
         make_grader(spec)
     monkeypatch.setenv("LORA_JUDGE_API_KEY", "k3y")
     judge = make_grader(spec)
-    assert isinstance(judge, LlmJudgeGrader) and judge.api_key == "k3y"
+    assert isinstance(judge, LlmJudgeGrader) and judge.client.api_key == "k3y"
 
 
 def test_grading_discards_one_warm_up_answer_before_timing(monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[tuple[str, int]] = []
+    asked: list[tuple[list[str], int]] = []
 
-    def fake_generate(model: Any, tokenizer: Any, prompt: str, settings: GenerationSettings, context: int) -> Answer:
-        asked.append((prompt, settings.max_new_tokens))
-        return Answer("An answer.", 60.0 if len(asked) == 1 else 1.0, 4, 3, 3)  # the first call is slow
+    def fake_generate_many(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings,
+                           context: int, **kwargs: Any) -> list[Answer]:
+        asked.append((list(prompts), settings.max_new_tokens))
+        return [Answer("An answer.", 60.0 if len(asked) == 1 else 1.0, 4, 3, 3) for _ in prompts]  # warm-up: slow
 
-    monkeypatch.setattr(evaluation, "generate", fake_generate)
+    monkeypatch.setattr(evaluation, "generate_many", fake_generate_many)
     items = [EvalItem(f"query {i}", "What?", f"prompt {i}", None, ("answer",)) for i in (1, 2)]
     graded = evaluation.grade_model(None, None, items, GenerationSettings(), BuiltinGrader(), 96, seed=0)
-    assert asked == [("prompt 1", evaluation.WARMUP_NEW_TOKENS), ("prompt 1", 128), ("prompt 2", 128)]
+    assert asked == [(["prompt 1"], evaluation.WARMUP_NEW_TOKENS), (["prompt 1", "prompt 2"], 128)]
     assert graded.scores.seconds_per_answer == 1.0 and graded.scores.tokens_per_second == 4.0

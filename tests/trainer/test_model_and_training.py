@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from lora_contract.api import LoraSettings, ModelSpec
+from lora_trainer.callbacks import ProgressCallback
+from lora_trainer.checkpoints import MARKER, resume_point, write_marker
 from lora_trainer.context import PreparedData, RunContext
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.formats import IGNORE_INDEX, Example, encode, features, render_prompt
@@ -20,7 +22,6 @@ from lora_trainer.modeling import apply_lora, linear_module_names, load_model, l
 from lora_trainer.profiles import resolve
 from lora_trainer.steps import training_config
 from lora_trainer.steps.saving import verify_saved
-from lora_trainer.steps.training import MARKER, ProgressCallback, resume_point, write_marker
 from lora_trainer.steps.training_config import collator, optimizer_steps
 from tests.trainer.conftest import tiny_spec
 

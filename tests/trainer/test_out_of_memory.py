@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import Trainer
 
 from lora_contract.progress import NoteEvent, TrainEvent
+from lora_trainer.loss import LabelledLogitsTrainer
+from lora_trainer.memory_ladder import is_out_of_memory, use_less_memory
 from lora_trainer.steps import training
-from lora_trainer.steps.training import is_out_of_memory, use_less_memory
 from tests.trainer.conftest import tiny_spec
 from tests.trainer.test_pipeline import run
 
@@ -28,16 +28,19 @@ def _gpu_fitting(monkeypatch: pytest.MonkeyPatch, items: int, after: int = 0) ->
     """From the ``after``-th training micro-batch on, only micro-batches of at most ``items`` fit."""
     fitted = 0
 
-    class SmallGpuTrainer(Trainer):
+    class SmallGpuTrainer(LabelledLogitsTrainer):
         def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
             nonlocal fitted
             if model.training:
-                if fitted >= after and inputs["input_ids"].shape[0] > items:
+                # A packed micro-batch is one row; its items start where the position ids restart.
+                size = int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else \
+                    inputs["input_ids"].shape[0]
+                if fitted >= after and size > items:
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
                 fitted += 1
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(training, "Trainer", SmallGpuTrainer)
+    monkeypatch.setattr(training, "LabelledLogitsTrainer", SmallGpuTrainer)
 
 
 def _notes(recorder: Any) -> list[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from lora_contract.progress import StepEvent, TrainEvent, parse_event
+from lora_trainer.checkpoints import MARKER
 from lora_trainer.cli import main
-from lora_trainer.steps.training import MARKER
 from tests.trainer.conftest import tiny_spec_dict
 
 TOTAL_STEPS = 400

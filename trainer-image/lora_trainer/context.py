@@ -14,6 +14,7 @@ from lora_contract.progress import NoteEvent, TrainerEvent
 from lora_trainer.evaluation import EvalItem
 from lora_trainer.formats import Example
 from lora_trainer.grader import Grader
+from lora_trainer.layout import OutputLayout
 from lora_trainer.modeling import LoadedModel
 from lora_trainer.profiles import for_this_machine
 
@@ -69,6 +70,10 @@ class RunContext:
     eval_model: Any = None  # the reloaded trained model graded in steps 6-8
     validation_loss: tuple[float | None, float | None] = (None, None)
     after: GradeScores | None = None
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.output_dir)
 
     @property
     def fingerprint(self) -> str:

@@ -17,8 +17,9 @@ import torch
 
 from lora_contract.api import EvaluationSpec, GenerationSettings, GradeScores
 from lora_trainer.formats import IGNORE_INDEX, Example, features, render_prompt
-from lora_trainer.generation import generate
+from lora_trainer.generation import generate_many
 from lora_trainer.grader import Grader, aggregate
+from lora_trainer.loss import labelled_logits
 
 LOSS_BATCH_SIZE = 4
 WARMUP_NEW_TOKENS = 8
@@ -50,6 +51,7 @@ def heldout_loss(
     rows = [f for e in examples if (f := features(e, max_length, completion_only)) is not None]
     if not rows:
         return None, None
+    rows.sort(key=lambda r: len(r["input_ids"]))  # little padding; a sum over tokens does not depend on order
     device = next(model.parameters()).device
     total, count = 0.0, 0
     model.eval()
@@ -62,12 +64,9 @@ def heldout_loss(
                                   device=device)
             mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
                                 device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            targets = labels[:, 1:]
-            total += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-            ).item()
-            count += int((targets != IGNORE_INDEX).sum())
+            logits, targets = labelled_logits(model, labels, {"input_ids": ids, "attention_mask": mask})
+            total += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+            count += targets.numel()
     if count == 0:
         return None, None
     loss = total / count
@@ -84,20 +83,18 @@ def grade_model(
     model: Any, tokenizer: Any, items: Sequence[EvalItem], generation: GenerationSettings, grader: Grader,
     context: int, seed: int, on_answer: Callable[[int], None] | None = None,
 ) -> GradedRun:
-    """Generate an answer per item (timed) and grade it (not timed); ``on_answer`` hears how many
-    answers are done after each one (generation is most of the time of the steps that grade).
+    """Generate the items' answers (timed, in batches: ``generation``) and grade them (not timed);
+    ``on_answer`` hears how many answers are done after each batch (generation is most of the time of the
+    steps that grade).
 
     One discarded warm-up answer first: the first ``generate`` pays one-time costs (kernel selection,
     allocator growth) that would otherwise be billed to whichever model is graded first."""
     if items:
-        generate(model, tokenizer, items[0].prompt_text,
-                 generation.model_copy(update={"max_new_tokens": WARMUP_NEW_TOKENS}), context)
+        generate_many(model, tokenizer, [items[0].prompt_text],
+                      generation.model_copy(update={"max_new_tokens": WARMUP_NEW_TOKENS}), context)
     torch.manual_seed(seed)
-    answers = []
-    for item in items:
-        answers.append(generate(model, tokenizer, item.prompt_text, generation, context))
-        if on_answer:
-            on_answer(len(answers))
+    answers = generate_many(model, tokenizer, [i.prompt_text for i in items], generation, context,
+                            on_batch=on_answer)
     grades = [grader.grade(i.query, a.text, i.reference, i.keywords) for i, a in zip(items, answers, strict=True)]
     records = [
         {"item": i.label, "query": i.query, "reference": i.reference, "answer": a.text,

@@ -2,35 +2,26 @@
 weighted by the complexity class of the query. Every formula is in docs/grading.md.
 
 The builtin grader is deterministic and offline: it compares an answer with the reference
-answer and expected keywords. ``LlmJudgeGrader`` asks an OpenAI-compatible endpoint instead.
+answer and expected keywords (the scores are in text_metrics.py). ``LlmJudgeGrader`` asks an
+OpenAI-compatible endpoint instead (the HTTP client is in judge_client.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic.alias_generators import to_camel
 
 from lora_contract.api import LLM_JUDGE_MESSAGE, GraderSpec
 from lora_trainer.errors import InvalidInput, StepError
-from lora_trainer.text import (
-    contains_phrase,
-    content_keywords,
-    longest_run,
-    repeated_ngram_fraction,
-    stem,
-    stems,
-    words,
-)
+from lora_trainer.judge_client import JUDGE_TIMEOUT_SECONDS, JudgeClient, first_json_object
+from lora_trainer.text import content_keywords, stem, stems, words
+from lora_trainer.text_metrics import coherence, keyword_recall, rouge_l, token_f1
 
 # The product spec's complexity classes; a query takes the highest class any of its words hits.
 COMPLEXITY_CLASSES: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -40,13 +31,7 @@ COMPLEXITY_CLASSES: tuple[tuple[int, tuple[str, ...]], ...] = (
 )
 DERIVED_KEYWORDS = 5  # expected keywords taken from a reference when a held-out item has none
 JUDGE_API_KEY_ENV = "LORA_JUDGE_API_KEY"
-JUDGE_TIMEOUT_SECONDS = 60
 _CRITERIA = ("task_accuracy", "completeness", "correctness", "coherence")
-# Characters a normal answer is made of; anything else counts as garbage for coherence.
-_ORDINARY = re.compile(
-    r"[\w\s.,;:!?'\"()\[\]{}\-/%&+*=<>#@$"
-    "\u20ac\u00a3\u00b0\u2018\u2019\u201c\u201d\u2013\u2014\u2026]"  # euro pound degree quotes dashes ellipsis
-)
 
 
 @dataclass(frozen=True)
@@ -90,58 +75,6 @@ def derive_keywords(reference: str, count: int = DERIVED_KEYWORDS) -> list[str]:
     return ranked[:count]
 
 
-def missing_keywords(answer_stems: Sequence[str], keywords: Sequence[str]) -> list[str]:
-    """The keywords (single words or phrases, stemmed) not found in the answer; wordless ones are skipped."""
-    return [k for k in keywords if words(k) and not contains_phrase(answer_stems, words(k))]
-
-
-def keyword_recall(answer_stems: Sequence[str], keywords: Sequence[str]) -> float | None:
-    """Share of keywords (single words or phrases, stemmed) found in the answer, 0-100."""
-    gradable = [k for k in keywords if words(k)]
-    if not gradable:
-        return None
-    return 100.0 * (len(gradable) - len(missing_keywords(answer_stems, gradable))) / len(gradable)
-
-
-def token_f1(candidate: Sequence[str], reference: Sequence[str]) -> float:
-    common = sum((Counter(candidate) & Counter(reference)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(candidate), common / len(reference)
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(candidate: Sequence[str], reference: Sequence[str]) -> float:
-    """F1 of the longest common subsequence."""
-    if not candidate or not reference:
-        return 0.0
-    previous = [0] * (len(reference) + 1)
-    for c in candidate:
-        current = [0]
-        for j, r in enumerate(reference, 1):
-            current.append(previous[j - 1] + 1 if c == r else max(previous[j], current[j - 1]))
-        previous = current
-    lcs = previous[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(candidate), lcs / len(reference)
-    return 2 * precision * recall / (precision + recall)
-
-
-def coherence(answer: str) -> float:
-    """100 x (1 - repeated 3-grams) x (1 - garbage characters) x min(1, words / 3), halved when one
-    word repeats 4+ times in a row; 0 for an empty answer."""
-    tokens = words(answer)
-    if not tokens:
-        return 0.0
-    visible = [c for c in answer if not c.isspace()]
-    garbage = sum(not _ORDINARY.match(c) for c in visible) / len(visible)
-    score = (1 - repeated_ngram_fraction(tokens, 3)) * (1 - garbage) * min(1.0, len(tokens) / 3)
-    if longest_run(tokens) >= 4:
-        score *= 0.5
-    return 100.0 * score
-
-
 class BuiltinGrader:
     """Deterministic, offline: overlap with the reference and keyword hits (docs/grading.md)."""
 
@@ -176,48 +109,11 @@ Answer:
 {answer}"""
 
 
-def first_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in ``text`` (a reply may wrap it in prose or add a second one)."""
-    decoder = json.JSONDecoder()
-    for start in (i for i, c in enumerate(text) if c == "{"):
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
 class LlmJudgeGrader:
     """THE_ANSWER scores from an OpenAI-compatible chat completions endpoint (temperature 0)."""
 
     def __init__(self, endpoint: str, model: str, api_key: str | None, timeout: float = JUDGE_TIMEOUT_SECONDS):
-        self.url = endpoint.rstrip("/") + "/chat/completions"
-        self.model, self.api_key, self.timeout = model, api_key, timeout
-
-    def _ask(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:300].decode(errors="replace")
-            raise StepError(f"LLM judge {self.url} answered HTTP {err.code}: {detail}") from err
-        except (urllib.error.URLError, TimeoutError, OSError) as err:
-            raise StepError(f"LLM judge {self.url} unreachable or timed out after {self.timeout:.0f}s: "
-                            f"{getattr(err, 'reason', err)}") from err
-        except json.JSONDecodeError as err:
-            raise StepError(f"LLM judge {self.url} did not answer JSON: {err}") from err
-        try:
-            return reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as err:
-            raise StepError(f"LLM judge reply has no choices[0].message.content: {str(reply)[:300]}") from err
+        self.client = JudgeClient(endpoint, model, api_key, timeout)
 
     def grade(self, query: str, answer: str, reference: str | None, keywords: Sequence[str]) -> ItemGrade:
         level = complexity(query)
@@ -229,7 +125,7 @@ class LlmJudgeGrader:
             reference_hint=" compared with the reference answer" if reference else "",
             reference_block=f"\nReference answer:\n{reference}\n" if reference else "",
         )
-        content = self._ask(prompt)
+        content = self.client.ask(prompt)
         scores = first_json_object(content)
         try:
             values = [float(scores[k]) for k in ("taskAccuracy", "completeness", "correctness", "coherence")]

@@ -25,8 +25,6 @@ from lora_trainer.grader import make_grader
 from lora_trainer.growth import reporting_growth
 from lora_trainer.modeling import load_model, resolve_source
 
-EVALUATION_DIR = "evaluation"
-
 
 def measure(ctx: RunContext, model: Any, which: str, loss: tuple[float | None, float | None],
             key: str | None = None) -> GradeScores:
@@ -36,10 +34,9 @@ def measure(ctx: RunContext, model: Any, which: str, loss: tuple[float | None, f
                          context_limit(model, spec.lora.max_length), spec.lora.seed,
                          lambda done: ctx.note(f"{which}-metrics", f"{done}/{len(ctx.items)} answers generated"))
     scores = graded.scores.model_copy(update={"eval_loss": loss[0], "perplexity": loss[1]})
-    folder = ctx.output_dir / EVALUATION_DIR
-    folder.mkdir(exist_ok=True)
+    ctx.layout.evaluation.mkdir(exist_ok=True)
     record = {"key": key, "scores": scores.model_dump(mode="json", by_alias=True), "answers": graded.records}
-    (folder / f"{which}.json").write_text(json.dumps(record, indent=2))
+    ctx.layout.evaluation_record(which).write_text(json.dumps(record, indent=2))
     return scores
 
 
@@ -84,7 +81,7 @@ def run(ctx: RunContext) -> str:
     ctx.items = eval_items(data.validation, spec.evaluation, ctx.tokenizer)
     model = ctx.loaded.model
     key = _cache_key(ctx, model)
-    scores = _cached(ctx.output_dir / EVALUATION_DIR / "before.json", key)
+    scores = _cached(ctx.layout.evaluation_record("before"), key)
     note = "reused from a previous attempt" if scores else ""
     if scores is None:
         loss = heldout_loss(model, data.validation, spec.lora.max_length, spec.lora.completion_only_loss)

@@ -17,7 +17,6 @@ from lora_trainer.modeling import load_tokenizer
 from lora_trainer.sources import read_source
 
 SHOWN_ERRORS = 3  # malformed-row messages quoted in the step message (all are in the stats file)
-STATS_FILE = "dataset-stats.json"
 
 
 def prepare(spec: LoraTrainingJobSpec, tokenizer: Any) -> PreparedData:
@@ -104,5 +103,5 @@ def summary(stats: dict[str, Any]) -> str:
 def run(ctx: RunContext) -> str:
     ctx.tokenizer, notes = load_tokenizer(ctx.spec.model)
     ctx.data = prepare(ctx.spec, ctx.tokenizer)
-    (ctx.output_dir / STATS_FILE).write_text(json.dumps(ctx.data.stats, indent=2))
+    ctx.layout.dataset_stats.write_text(json.dumps(ctx.data.stats, indent=2))
     return "; ".join([summary(ctx.data.stats), *notes])

@@ -21,7 +21,6 @@ from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.modeling import load_model, resolve_source
 
-ADAPTER_DIR, MERGED_DIR, MANIFEST, REPORT = "adapter", "merged", "manifest.json", "report.json"
 PROBE_TOKENS = 64
 
 
@@ -79,8 +78,8 @@ def human_bytes(count: int) -> str:
 
 
 def run(ctx: RunContext) -> str:
-    model, out = ctx.need("model"), ctx.output_dir
-    adapter_dir = out / ADAPTER_DIR
+    model, out, layout = ctx.need("model"), ctx.output_dir, ctx.layout
+    adapter_dir = layout.adapter
     model.save_pretrained(str(adapter_dir))
     ctx.tokenizer.save_pretrained(str(adapter_dir))
     tensors = verify_saved(adapter_dir, get_peft_model_state_dict(model), "adapter")
@@ -92,9 +91,9 @@ def run(ctx: RunContext) -> str:
         ctx.probe = (probe, model(input_ids=probe).logits.float().cpu())
 
     folders = [adapter_dir]
-    ctx.artifacts = Artifacts(adapter=str(adapter_dir), manifest=str(out / MANIFEST), report=str(out / REPORT))
+    ctx.artifacts = Artifacts(adapter=str(adapter_dir), manifest=str(layout.manifest), report=str(layout.report))
     if ctx.spec.output.merge:
-        merged_dir = out / MERGED_DIR
+        merged_dir = layout.merged
         merged = _merged(ctx, adapter_dir)
         merged.config.use_cache = True  # training turns the KV cache off; generation wants it
         merged.save_pretrained(str(merged_dir))
@@ -109,6 +108,6 @@ def run(ctx: RunContext) -> str:
     ctx.model = ctx.loaded = None
     info = {"baseModel": resolve_source(ctx.spec.model).describe(), "fingerprint": ctx.fingerprint}
     listing = manifest(out, folders, info)
-    (out / MANIFEST).write_text(json.dumps(listing, indent=2))
+    layout.manifest.write_text(json.dumps(listing, indent=2))
     parts.append(f"manifest of {len(listing['files'])} files; reload verified")
     return "; ".join(parts)

@@ -10,10 +10,9 @@ import json
 
 from lora_trainer.context import RunContext
 from lora_trainer.formats import render_prompt
-from lora_trainer.generation import Answer, context_limit, generate
-from lora_trainer.grader import keyword_recall, missing_keywords
-from lora_trainer.steps.before_metrics import EVALUATION_DIR
+from lora_trainer.generation import context_limit, generate_many
 from lora_trainer.text import stems, words
+from lora_trainer.text_metrics import keyword_recall, missing_keywords
 
 LONG_PROMPT_FACTOR = 4  # the long-prompt edge case is at least this many times the context
 LONG_PROMPT_SENTENCE = "Explain this in as much detail as you can."
@@ -23,13 +22,15 @@ def run(ctx: RunContext) -> str:
     spec, model, tokenizer = ctx.spec, ctx.need("eval_model"), ctx.tokenizer
     settings, context = spec.evaluation.generation, context_limit(model, spec.lora.max_length)
 
-    def ask(text: str) -> Answer:
-        return generate(model, tokenizer, render_prompt(tokenizer, [{"role": "user", "content": text}]), settings,
-                        context)
+    repeats = LONG_PROMPT_FACTOR * context // len(words(LONG_PROMPT_SENTENCE)) + 1  # a word is at least one token
+    long_text = " ".join([LONG_PROMPT_SENTENCE] * repeats)
+    texts = [q.query for q in spec.evaluation.queries] + ["", long_text]
+    *answers, empty, long = generate_many(
+        model, tokenizer, [render_prompt(tokenizer, [{"role": "user", "content": t}]) for t in texts], settings,
+        context)
 
     queries, hits, asked = [], 0, 0
-    for q in spec.evaluation.queries:
-        answer = ask(q.query)
+    for q, answer in zip(spec.evaluation.queries, answers, strict=True):
         answer_stems = stems(answer.text)
         missing = missing_keywords(answer_stems, q.expected_keywords)  # the grader's task-accuracy matching
         gradable = [k for k in q.expected_keywords if words(k)]
@@ -38,16 +39,12 @@ def run(ctx: RunContext) -> str:
         queries.append({"query": q.query, "answer": answer.text, "missingKeywords": missing,
                         "keywordRecall": keyword_recall(answer_stems, q.expected_keywords)})
 
-    empty = ask("")
-    repeats = LONG_PROMPT_FACTOR * context // len(words(LONG_PROMPT_SENTENCE)) + 1  # a word is at least one token
-    long_text = " ".join([LONG_PROMPT_SENTENCE] * repeats)
-    long = ask(long_text)
     edge = {
         "emptyPrompt": {"answerWords": len(words(empty.text)), "answer": empty.text},
         "longPrompt": {"promptTokens": long.original_prompt_tokens, "keptTokens": long.prompt_tokens,
                        "answerWords": len(words(long.text)), "answer": long.text},
     }
-    (ctx.output_dir / EVALUATION_DIR / "testing.json").write_text(json.dumps({"queries": queries, "edgeCases": edge},
+    ctx.layout.evaluation_record("testing").write_text(json.dumps({"queries": queries, "edgeCases": edge},
                                                                             indent=2))
     parts = []
     if queries:

@@ -22,10 +22,10 @@ from lora_contract.api import LoraSettings
 from lora_trainer.context import RunContext, TrainingPlan
 from lora_trainer.errors import InvalidInput
 from lora_trainer.formats import IGNORE_INDEX, Example, features
+from lora_trainer.layout import OutputLayout
 from lora_trainer.profiles import Resolved, for_this_machine
-from lora_trainer.steps.saving import ADAPTER_DIR, MERGED_DIR, folder_bytes, human_bytes
+from lora_trainer.steps.saving import folder_bytes, human_bytes
 
-CHECKPOINT_DIR = "checkpoints"
 DISK_MARGIN = 1.1  # tokenizer files, configs, the manifest and the report, filesystem overhead
 # Bytes per trainable parameter in a checkpoint: the fp32 adapter weights plus AdamW's two fp32 moments.
 CHECKPOINT_BYTES_PER_PARAMETER = 4 + 8
@@ -48,6 +48,12 @@ def collator(tokenizer: Any, packing: bool) -> Any:
     if packing:
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
+
+
+def uses_packing(lora: LoraSettings, gpus: int) -> bool:
+    """Unset means on, except with several GPUs in one process: DataParallel hands each GPU whole rows, and
+    a packed micro-batch is one row."""
+    return lora.packing if lora.packing is not None else gpus <= 1
 
 
 def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: bool, cuda: bool) -> Any:
@@ -76,7 +82,6 @@ def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: 
         logging_steps=lora.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must reach the divergence check
-        include_num_input_tokens_seen="all" if lora.packing else "non_padding",
         eval_strategy="steps" if has_eval else "no",
         eval_steps=lora.eval_steps,
         save_strategy="steps",
@@ -86,6 +91,7 @@ def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: 
         metric_for_best_model="eval_loss" if keep_best else None,
         greater_is_better=False if keep_best else None,
         label_names=["labels"],
+        prediction_loss_only=True,  # evaluation needs the loss only: no logits kept over the validation split
         remove_unused_columns=False,
         dataloader_pin_memory=cuda,
         report_to="none",
@@ -108,7 +114,7 @@ def bytes_to_write(trainable: int, frozen: int, dtype_bytes: int, merge: bool, c
 def check_disk_space(output: Path, parts: dict[str, int], free: int) -> str:
     """Fail before training when the output volume cannot hold the results; what an earlier attempt
     already wrote there (checkpoints, a saved model) is overwritten, so it is not counted twice."""
-    already = sum(folder_bytes(output / folder) for folder in (CHECKPOINT_DIR, ADAPTER_DIR, MERGED_DIR))
+    already = sum(folder_bytes(folder) for folder in OutputLayout(output).rewritten_by_a_retry)
     need = max(0, round(sum(parts.values()) * DISK_MARGIN) - already)
     listing = ", ".join(f"{name} {human_bytes(size)}" for name, size in parts.items() if size)
     if need > free:
@@ -124,12 +130,14 @@ def run(ctx: RunContext) -> str:
     cuda = torch.cuda.is_available()
     r = for_this_machine(lora)
     train_rows, eval_rows = rows(data.train, lora), rows(data.validation, lora)
-    args = training_arguments(lora, r, ctx.output_dir / CHECKPOINT_DIR, bool(eval_rows), cuda)
+    args = training_arguments(lora, r, ctx.layout.checkpoints, bool(eval_rows), cuda)
+    packing = uses_packing(lora, args.n_gpu)  # n_gpu: GPUs of this process (1 per process under torchrun)
+    args.include_num_input_tokens_seen = "all" if packing else "non_padding"  # a packed batch has no padding
     # With several visible GPUs the Trainer feeds batchSize items to each (DataParallel): a bigger batch.
     gpus = args.train_batch_size * args.world_size // r.batch_size
     batch = r.batch_size * gpus
     total = optimizer_steps(len(train_rows), batch, r.gradient_accumulation_steps, r.epochs, lora.max_steps)
-    ctx.plan = TrainingPlan(args, train_rows, eval_rows, collator(ctx.tokenizer, lora.packing))
+    ctx.plan = TrainingPlan(args, train_rows, eval_rows, collator(ctx.tokenizer, packing))
     precision = "bf16" if r.bf16 else "fp16" if r.fp16 else "fp32"
     warmup = f"{lora.warmup_steps} steps" if lora.warmup_steps is not None else f"{lora.warmup_ratio:.0%}"
     parts = [
@@ -139,7 +147,8 @@ def run(ctx: RunContext) -> str:
         + ("(maxSteps)" if lora.max_steps else f"({r.epochs:g} epochs of {len(train_rows)} items)"),
         f"lr {lora.learning_rate:g} {lora.lr_scheduler_type}, warmup {warmup}, {precision}",
         f"loss on {'answers only' if lora.completion_only_loss else 'all tokens'}, "
-        f"packing {'on (padding-free)' if lora.packing else 'off'}",
+        f"packing {'on (padding-free)' if packing else 'off'}"
+        + ("" if lora.packing is not None else " (default)" if packing else " (several GPUs split rows)"),
     ]
     if args.load_best_model_at_end:
         parts.append("best checkpoint by eval loss restored at the end")
