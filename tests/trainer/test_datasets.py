@@ -231,6 +231,26 @@ def test_bad_rows_are_reported_with_file_and_line_and_skipped(tmp_path: Path, ti
     assert "4 malformed row(s) skipped: bad.jsonl:3: invalid JSON" in message and "; +1 more" in message
 
 
+def test_hostile_files_are_malformed_rows_not_crashes(tmp_path: Path, tiny_model: Path,
+                                                      tiny_tokenizer: Any) -> None:
+    """JSON nested deeper than the parser's stack and a CSV field over the csv module's limit (128 KiB) are
+    reported with the file and line like any bad row; the good rows before them still train."""
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "deep.jsonl").write_text(json.dumps(ALPACA) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "huge.csv").write_text('prompt,completion\n"What?","Fine."\n"Big?","' + "x" * 5_000_000 + '"\n')
+    data = load(tiny_model, [{"path": str(tmp_path / f)} for f in ("deep.json", "deep.jsonl", "huge.csv")],
+                tiny_tokenizer)
+    assert len(data.train) == 2
+    assert data.stats["errors"] == [
+        "deep.json: invalid JSON: nested too deeply to parse; file skipped",
+        "deep.jsonl:2: invalid JSON: nested too deeply to parse",
+        "huge.csv: the record after line 2: malformed CSV: field larger than field limit (131072); rest of "
+        "the file skipped",
+    ]
+    with pytest.raises(InvalidInput, match=r"no usable training items.*deep.json: invalid JSON: nested too deeply"):
+        load(tiny_model, [{"path": str(tmp_path / "deep.json")}], tiny_tokenizer)
+
+
 def test_a_dataset_left_empty_fails_clearly(tmp_path: Path, tiny_model: Path, tiny_tokenizer: Any) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"nothing": 1}\n')

@@ -111,6 +111,11 @@ def file_type_of(path: Path, declared: FileType) -> FileType:
     raise InvalidInput(f"cannot tell the file type of {path}: give it an extension or set fileType")
 
 
+# json.loads recurses once per nesting level; a value nested deeper than the interpreter's stack allows
+# is no training item, so it is a malformed row, not a crash.
+_TOO_DEEP = "invalid JSON: nested too deeply to parse"
+
+
 def _object_or_error(value: Any, where: str, out: SourceRows) -> dict[str, Any] | None:
     if isinstance(value, dict):
         return value
@@ -128,6 +133,9 @@ def _read_jsonl(path: Path, name: str, out: SourceRows) -> None:
         except json.JSONDecodeError as err:
             out.errors.append(f"{where}: invalid JSON: {err.msg} (column {err.colno})")
             continue
+        except RecursionError:
+            out.errors.append(f"{where}: {_TOO_DEEP}")
+            continue
         if (row := _object_or_error(value, where, out)) is not None:
             out.rows.append(RawRow(out.label, where, row))
 
@@ -137,6 +145,9 @@ def _read_json(path: Path, name: str, out: SourceRows) -> None:
         value = json.loads(read_text(path, out))
     except json.JSONDecodeError as err:
         out.errors.append(f"{name}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno}); file skipped")
+        return
+    except RecursionError:
+        out.errors.append(f"{name}: {_TOO_DEEP}; file skipped")
         return
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]  # the product spec's {"data": [...]} datasets
@@ -153,7 +164,7 @@ def _messages_cell(cell: str) -> Any:
         return cell
     try:
         value = json.loads(cell)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return cell
     is_messages = isinstance(value, list) and bool(value) and all(
         isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
@@ -162,7 +173,15 @@ def _messages_cell(cell: str) -> Any:
 
 def _read_csv(path: Path, name: str, out: SourceRows) -> None:
     reader = csv.DictReader(io.StringIO(read_text(path, out), newline=""))
-    for record in reader:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:  # e.g. a field over csv.field_size_limit(): the reader cannot go on
+            out.errors.append(f"{name}: the record after line {reader.line_num}: malformed CSV: {err}; rest of the "
+                              "file skipped")
+            return
         where = f"{name}:{reader.line_num}"
         if None in record:
             out.errors.append(f"{where}: more cells than header columns")
