@@ -157,7 +157,7 @@ def test_several_visible_gpus_multiply_the_batch(tiny_model: Path, tmp_path: Pat
     ctx = RunContext(spec=spec, output_dir=tmp_path, emit=print, data=PreparedData(items, [], {}), model=model)
     message = training_config.run(ctx)
     assert "batch 4 x 2 GPUs x accumulation 1 = 8 items/step, 2 optimizer steps (1 epochs of 16 items)" in message
-    assert ctx.need("plan").args.train_batch_size == 8  # what the Trainer's dataloader will use
+    assert ctx.training_plan.args.train_batch_size == 8  # what the Trainer's dataloader will use
 
 
 def _state(losses: list[float], step: int) -> SimpleNamespace:

@@ -199,7 +199,7 @@ def test_the_trained_model_is_freed_before_the_artifact_is_reloaded(tiny_model: 
 
     def wrap_model(ctx: RunContext) -> str:
         done = model_step.run(ctx)
-        trained.append(weakref.ref(ctx.need("loaded").model))
+        trained.append(weakref.ref(ctx.base_model.model))
         return done
 
     def spy_load(spec: ModelSpec, dtype: Any, on_cpu: bool = False) -> Any:

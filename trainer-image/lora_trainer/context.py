@@ -7,7 +7,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import torch
 
 from lora_contract.api import PIPELINE_STEPS, Artifacts, GradeScores, LoraTrainingJobSpec
 from lora_contract.progress import NoteEvent, TrainerEvent
@@ -34,6 +36,17 @@ def training_fingerprint(spec: LoraTrainingJobSpec) -> str:
         "data": spec.data.model_dump(mode="json"),
         "lora": spec.lora.model_dump(mode="json", exclude=_BOOKKEEPING),
     })
+
+
+T = TypeVar("T")
+
+
+def _ready(value: T | None, what: str) -> T:
+    """A value an earlier step produces, typed, or a clear error naming it (not an AttributeError on
+    None) when steps run out of order. The ``RunContext`` properties below are how steps read them."""
+    if value is None:
+        raise RuntimeError(f"pipeline order broken: {what} is not prepared yet")
+    return value
 
 
 @dataclass
@@ -65,11 +78,39 @@ class RunContext:
     items: list[EvalItem] = field(default_factory=list)
     before: GradeScores | None = None
     plan: TrainingPlan | None = None
-    probe: tuple[Any, Any] | None = None  # (input ids, logits of the trained model) for step 6
+    probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (input ids, logits of the trained model) for step 6
     artifacts: Artifacts = field(default_factory=Artifacts)
     eval_model: Any = None  # the reloaded trained model graded in steps 6-8
     validation_loss: tuple[float | None, float | None] = (None, None)
     after: GradeScores | None = None
+
+    @property
+    def dataset(self) -> PreparedData:
+        return _ready(self.data, "the prepared dataset (step 1)")
+
+    @property
+    def base_model(self) -> LoadedModel:
+        return _ready(self.loaded, "the base model (step 0)")
+
+    @property
+    def lora_model(self) -> Any:
+        return _ready(self.model, "the LoRA model (step 2)")
+
+    @property
+    def training_plan(self) -> TrainingPlan:
+        return _ready(self.plan, "the training plan (step 3)")
+
+    @property
+    def grader_in_use(self) -> Grader:
+        return _ready(self.grader, "the grader (step 0)")
+
+    @property
+    def saved_probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _ready(self.probe, "the saved model's probe (step 5)")
+
+    @property
+    def trained_model(self) -> Any:
+        return _ready(self.eval_model, "the reloaded trained model (step 6)")
 
     @property
     def layout(self) -> OutputLayout:
@@ -87,10 +128,3 @@ class RunContext:
     def note(self, step: str, message: str) -> None:
         """News from inside the running step ``step`` (its name in PIPELINE_STEPS)."""
         self.emit(NoteEvent(index=PIPELINE_STEPS.index(step), message=message))
-
-    def need(self, name: str) -> Any:
-        """A value an earlier step produces; a clear error instead of an AttributeError on None."""
-        value = getattr(self, name)
-        if value is None:
-            raise RuntimeError(f"pipeline order broken: {name} is not prepared yet")
-        return value

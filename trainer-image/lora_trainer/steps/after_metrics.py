@@ -11,6 +11,6 @@ from lora_trainer.steps.before_metrics import describe, measure
 
 
 def run(ctx: RunContext) -> str:
-    ctx.after = measure(ctx, ctx.need("eval_model"), "after", ctx.validation_loss)
+    ctx.after = measure(ctx, ctx.trained_model, "after", ctx.validation_loss)
     ctx.emit(MetricsEvent(which="after", scores=ctx.after))
     return describe(ctx.after, "trained model") + "; same items as before-metrics"

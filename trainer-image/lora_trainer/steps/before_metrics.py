@@ -30,7 +30,7 @@ def measure(ctx: RunContext, model: Any, which: str, loss: tuple[float | None, f
             key: str | None = None) -> GradeScores:
     """Grade ``model`` on ``ctx.items`` with ``loss`` beside it; answers go to evaluation/<which>.json."""
     spec = ctx.spec
-    graded = grade_model(model, ctx.tokenizer, ctx.items, spec.evaluation.generation, ctx.need("grader"),
+    graded = grade_model(model, ctx.tokenizer, ctx.items, spec.evaluation.generation, ctx.grader_in_use,
                          context_limit(model, spec.lora.max_length), spec.lora.seed,
                          lambda done: ctx.note(f"{which}-metrics", f"{done}/{len(ctx.items)} answers generated"))
     scores = graded.scores.model_copy(update={"eval_loss": loss[0], "perplexity": loss[1]})
@@ -58,7 +58,7 @@ def _cache_key(ctx: RunContext, model: Any) -> str:
                    "items": [asdict(i) for i in ctx.items], "maxLength": spec.lora.max_length,
                    "device": str(parameter.device), "dtype": str(ctx.dtype), "quantized": ctx.quantized,
                    "completionOnly": spec.lora.completion_only_loss,
-                   "validation": [e.location for e in ctx.need("data").validation]})
+                   "validation": [e.location for e in ctx.dataset.validation]})
 
 
 def _cached(path: Path, key: str) -> GradeScores | None:
@@ -70,7 +70,7 @@ def _cached(path: Path, key: str) -> GradeScores | None:
 
 
 def run(ctx: RunContext) -> str:
-    spec, data = ctx.spec, ctx.need("data")
+    spec, data = ctx.spec, ctx.dataset
     started = time.monotonic()
     with reporting_growth(Path(huggingface_hub.constants.HF_HUB_CACHE), "loading the base model",
                           lambda message: ctx.note("before-metrics", message)):

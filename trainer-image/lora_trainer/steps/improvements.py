@@ -46,7 +46,7 @@ def improvements(before: GradeScores | None, after: GradeScores | None) -> Impro
 def run(ctx: RunContext) -> str:
     result = improvements(ctx.before, ctx.after)
     # Distinct items only: repeating the same rows (dedupe off) earns no XP.
-    train_items = len({normalized(e.text) for e in ctx.need("data").train})
+    train_items = len({normalized(e.text) for e in ctx.dataset.train})
     ctx.emit(ReportEvent(improvements=result, train_items=train_items, artifacts=ctx.artifacts))
     # The operator awards the XP (to a Succeeded run of a trusted image); this is its figure by the shared table.
     xp = award_xp(train_items, result.quality_points)

@@ -13,7 +13,7 @@ from lora_trainer.modeling import apply_lora
 
 
 def run(ctx: RunContext) -> str:
-    lora, loaded = ctx.spec.lora, ctx.need("loaded")
+    lora, loaded = ctx.spec.lora, ctx.base_model
     set_seed(lora.seed)  # the adapter's random init must not depend on whether step 0 generated or reused
     ctx.model = apply_lora(loaded, lora)
     trainable, total = ctx.model.get_nb_trainable_parameters()

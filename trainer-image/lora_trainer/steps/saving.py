@@ -54,7 +54,7 @@ def verify_saved(folder: Path, expected: dict[str, torch.Tensor], what: str) -> 
 
 
 def _probe(ctx: RunContext) -> torch.Tensor:
-    data = ctx.need("data")
+    data = ctx.dataset
     example = (data.validation or data.train)[0]
     return torch.tensor([[*example.prompt_ids, *example.completion_ids][:PROBE_TOKENS]])
 
@@ -78,7 +78,7 @@ def human_bytes(count: int) -> str:
 
 
 def run(ctx: RunContext) -> str:
-    model, out, layout = ctx.need("model"), ctx.output_dir, ctx.layout
+    model, out, layout = ctx.lora_model, ctx.output_dir, ctx.layout
     adapter_dir = layout.adapter
     model.save_pretrained(str(adapter_dir))
     ctx.tokenizer.save_pretrained(str(adapter_dir))

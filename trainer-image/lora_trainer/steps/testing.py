@@ -19,7 +19,7 @@ LONG_PROMPT_SENTENCE = "Explain this in as much detail as you can."
 
 
 def run(ctx: RunContext) -> str:
-    spec, model, tokenizer = ctx.spec, ctx.need("eval_model"), ctx.tokenizer
+    spec, model, tokenizer = ctx.spec, ctx.trained_model, ctx.tokenizer
     settings, context = spec.evaluation.generation, context_limit(model, spec.lora.max_length)
 
     repeats = LONG_PROMPT_FACTOR * context // len(words(LONG_PROMPT_SENTENCE)) + 1  # a word is at least one token

@@ -23,7 +23,7 @@ from lora_trainer.modeling import release_memory
 
 
 def run(ctx: RunContext) -> str:
-    plan, model = ctx.need("plan"), ctx.need("model")
+    plan, model = ctx.training_plan, ctx.lora_model
     initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     checkpoints = Path(plan.args.output_dir)
     adjustments: list[str] = []

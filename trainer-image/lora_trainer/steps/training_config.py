@@ -126,7 +126,7 @@ def check_disk_space(output: Path, parts: dict[str, int], free: int) -> str:
 
 
 def run(ctx: RunContext) -> str:
-    lora, data = ctx.spec.lora, ctx.need("data")
+    lora, data = ctx.spec.lora, ctx.dataset
     cuda = torch.cuda.is_available()
     r = for_this_machine(lora)
     train_rows, eval_rows = rows(data.train, lora), rows(data.validation, lora)
@@ -154,7 +154,7 @@ def run(ctx: RunContext) -> str:
         parts.append("best checkpoint by eval loss restored at the end")
     if r.from_profile:
         parts.append("from profile: " + ", ".join(r.from_profile))
-    trainable, total = ctx.need("model").get_nb_trainable_parameters()
+    trainable, total = ctx.lora_model.get_nb_trainable_parameters()
     written = bytes_to_write(trainable, total - trainable, r.dtype.itemsize, ctx.spec.output.merge,
                              lora.save_total_limit)
     parts.append(check_disk_space(ctx.output_dir, written, shutil.disk_usage(ctx.output_dir).free))

@@ -38,12 +38,12 @@ def _reload(ctx: RunContext) -> tuple[Any, str]:
 
 
 def run(ctx: RunContext) -> str:
-    spec, data = ctx.spec, ctx.need("data")
+    spec, data = ctx.spec, ctx.dataset
     release_memory()  # the trained model, whose references step 5 dropped
     ctx.eval_model, what = _reload(ctx)
     model = ctx.eval_model
     model.eval()
-    probe, expected = ctx.need("probe")
+    probe, expected = ctx.saved_probe
     with torch.inference_mode():
         logits = model(input_ids=probe.to(next(model.parameters()).device)).logits.float().cpu()
     if not torch.isfinite(logits).all():
