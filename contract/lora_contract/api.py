@@ -57,6 +57,9 @@ LLM_JUDGE_MESSAGE = "grader: llmJudge needs endpoint and model"
 # A Kubernetes label value (the Job carries gpuType, queueName and node selector values as labels).
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+# The name of a PVC, ConfigMap, Secret or PriorityClass (a DNS subdomain): a wrong one is refused here, with
+# the field named, instead of leaving the pod Pending on a volume or class that can never exist.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # The trainer's own mounts (builders): a user volume cannot take the place of one, nor sit inside the
 # read-only ones (the mount point could not be created there). Nested in /tmp or /output is fine.
 OWN_MOUNT_PATHS = ("/", "/output", "/tmp")
@@ -105,7 +108,7 @@ class VolumeMount(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
                       description="Volume name inside the pod (DNS label).")
-    claim_name: str = Field(min_length=1, max_length=253, description="PVC to mount.")
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="PVC to mount.")
     mount_path: str = Field(pattern=r"^/", max_length=1024,
                             description="Absolute path in the trainer container.")
     read_only: bool = Field(True, description="Mount read-only (inputs should be).")
@@ -155,7 +158,7 @@ class ModelSpec(_Model):
 
 
 class ConfigMapRef(_Model):
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
                       description="ConfigMap in the job's namespace.")
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
                      description="Key holding the data file (a ConfigMap key: no slashes).")
@@ -305,7 +308,7 @@ class EvalQuery(_Model):
 
 
 class SecretKeyRef(_Model):
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
                       description="Secret in the job's namespace.")
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret.")
 
@@ -397,8 +400,8 @@ class OutputSpec(_Model):
     )
 
     claim_name: str | None = Field(
-        None, max_length=253, description="PVC that receives adapter, merged model and report. Without it "
-        "artifacts live in an emptyDir and vanish with the pod (metrics still reach the status).")
+        None, max_length=253, pattern=DNS_SUBDOMAIN, description="PVC that receives adapter, merged model and "
+        "report. Without it artifacts live in an emptyDir and vanish with the pod (metrics still reach the status).")
     sub_path: str | None = Field(None, max_length=1024,
                                  description="Folder inside the PVC; default <namespace>/<name>.")
     merge: bool = Field(True, description="Also save the adapter merged into the base model.")
@@ -419,7 +422,7 @@ class RuntimeSpec(_Model):
         None, ge=0, description="Delete the finished Job (not this resource) after this long.")
     stall_timeout_seconds: int = Field(900, ge=30,
                                        description="Set the Stalled condition after this long without progress.")
-    priority_class_name: str | None = Field(None, max_length=253)
+    priority_class_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN)
 
 
 class LoraTrainingJobSpec(_Model):
