@@ -9,11 +9,15 @@ docs table that no longer matches: regenerate it with ``python -m tests.trainer.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import HTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ class Case:
     what: str
     spec: dict[str, Any] | None = None  # top-level fields that replace those of a valid spec
     files: dict[str, bytes] | None = None  # written to the data folder; the first one is the dataset
+    url: str | None = None  # the dataset is this file of the data folder, served over http instead
     says: str = ""  # a fragment the message must hold
 
 
@@ -97,6 +102,9 @@ DATA_CASES = [
     Case("Latin-1 bytes in a UTF-8 file", files={"j.jsonl": _jsonl(GOOD).replace(b"Sprout", b"Spr\xf6ut")},
          says="undecodable byte sequence(s) read as U+FFFD"),
     Case("an empty file", files={"k.jsonl": b""}, says="no usable training items"),
+    Case("a URL that answers 404", url="gone.jsonl", says="answered HTTP 404"),
+    Case("a URL that answers an HTML page", files={"view.html": b"<html><body>Sign in</body></html>"},
+         url="view.html", says="answered an HTML page, not a data file"),
 ]
 
 
@@ -109,18 +117,33 @@ def spec_message(case: Case) -> str:
     return "accepted"
 
 
+@contextmanager
+def serving(folder: Path) -> Iterator[str]:
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
 def data_message(case: Case, folder: Path, tokenizer: Any) -> str:
     """Step 1's message: what fails the run (exit 2), or the summary a run that goes on shows."""
     files = case.files or {}
     for name, content in files.items():
         (folder / name).write_bytes(content)
-    path = folder / (next(iter(files)) if files else "missing.jsonl")
-    spec = LoraTrainingJobSpec.model_validate({
-        "model": MODEL, "datasets": [{"path": str(path)}], "data": {"validationFraction": 0.0, "minTextLength": 1}})
-    try:
-        return "continues: " + summary(prepare(spec, tokenizer).stats).replace(str(folder), "DATA")
-    except InvalidInput as err:
-        return "fails (exit 2): " + str(err).replace(str(folder), "DATA")
+    with serving(folder) as base:
+        source = {"url": f"{base}/{case.url}"} if case.url else \
+            {"path": str(folder / (next(iter(files)) if files else "missing.jsonl"))}
+        spec = LoraTrainingJobSpec.model_validate({
+            "model": MODEL, "datasets": [source], "data": {"validationFraction": 0.0, "minTextLength": 1}})
+        try:
+            message = "continues: " + summary(prepare(spec, tokenizer).stats)
+        except InvalidInput as err:
+            message = "fails (exit 2): " + str(err)
+        return message.replace(str(folder), "DATA").replace(base, "http://HOST")
 
 
 def table(messages: Callable[[Case], str]) -> str:

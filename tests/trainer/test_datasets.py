@@ -142,8 +142,11 @@ def test_url_datasets_are_downloaded(http_folder: tuple[str, Path], tiny_model: 
     _write_all_types(folder)
     data = load(tiny_model, [{"url": f"{base}/d.csv"}, {"url": f"{base}/e.parquet?version=2"}], tiny_tokenizer)
     assert len(data.train) == 5 and set(data.stats["sources"]) == {"d.csv", "e.parquet"}
-    with pytest.raises(StepError, match="HTTP 404"):
-        load(tiny_model, [{"url": f"{base}/missing.jsonl"}], tiny_tokenizer)
+    with pytest.raises(InvalidInput, match="HTTP 404 File not found: the URL is wrong or needs access"):
+        load(tiny_model, [{"url": f"{base}/missing.jsonl"}], tiny_tokenizer)  # exit 2: a retry cannot help
+    (folder / "page.html").write_text("<html><body>Sign in</body></html>")
+    with pytest.raises(InvalidInput, match="answered an HTML page, not a data file"):
+        load(tiny_model, [{"url": f"{base}/page.html"}], tiny_tokenizer)
 
 
 def test_url_downloads_are_capped_and_follow_http_redirects_only(

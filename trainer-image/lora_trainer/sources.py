@@ -243,6 +243,10 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+# Client errors a later attempt can get past (timeout, rate limit); any other 4xx is the spec's to fix.
+_RETRYABLE_HTTP = {408, 425, 429}
+
+
 def max_download_bytes() -> int:
     return int(os.environ.get(MAX_DOWNLOAD_BYTES_ENV, DEFAULT_MAX_DOWNLOAD_BYTES))
 
@@ -252,6 +256,9 @@ def _fetch(url: str, target: Path, label: str) -> None:
     limit, deadline = max_download_bytes(), time.monotonic() + DOWNLOAD_DEADLINE_SECONDS
     opener = urllib.request.build_opener(_HttpRedirectsOnly)
     with opener.open(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response, open(target, "wb") as f:
+        if response.headers.get_content_type() == "text/html":
+            raise InvalidInput(f"dataset {label!r}: {url} answered an HTML page, not a data file: a viewer or "
+                               "login page instead of the raw file? (GitHub: use the raw.githubusercontent.com URL)")
         size = 0
         while chunk := response.read(_CHUNK):
             size += len(chunk)
@@ -270,7 +277,10 @@ def _download(url: str, declared: FileType, out: SourceRows) -> None:
         try:
             _fetch(url, target, out.label)
         except urllib.error.HTTPError as err:
-            raise StepError(f"dataset {out.label!r}: GET {url} answered HTTP {err.code} {err.reason}") from err
+            message = f"dataset {out.label!r}: GET {url} answered HTTP {err.code} {err.reason}"
+            if err.code in _RETRYABLE_HTTP or err.code >= 500:
+                raise StepError(message) from err
+            raise InvalidInput(f"{message}: the URL is wrong or needs access; a retry cannot help") from err
         except (urllib.error.URLError, TimeoutError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise StepError(f"dataset {out.label!r}: cannot download {url}: {reason}") from err
