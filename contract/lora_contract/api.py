@@ -380,6 +380,8 @@ class Toleration(_Model):
 
 class ResourceSpec(_Model):
     gpu: int = Field(1, ge=0, le=16, description="GPUs requested (0 trains on CPU).")
+    cpu_fallback: bool = Field(False, description="With gpu > 0, train on CPU when the trainer sees no GPU. "
+                               "Off, such a run fails at once (exit code 2) instead of training for days on CPU.")
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253,
                                    description="Extended resource name of the GPU.")
     gpu_type: LabelValue | None = Field(

@@ -54,7 +54,8 @@ def _tiny_run(name: str, models: str, **overrides) -> dict:
         "datasets": [{"builtin": "minion-handbook"}],
         "lora": TINY_LORA,
         "evaluation": {"heldOutItems": 4, "generation": {"maxNewTokens": 8}},
-        "resources": {"gpu": 1, "cpu": "1", "memory": "2Gi"},
+        # The process node advertises GPUs it does not have: the run asks for one and allows the CPU.
+        "resources": {"gpu": 1, "cpuFallback": True, "cpu": "1", "memory": "2Gi"},
         "output": {"claimName": "artifacts"},
     }
     spec.update(overrides)

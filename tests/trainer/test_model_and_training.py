@@ -228,3 +228,15 @@ def test_disk_check_counts_what_an_earlier_attempt_wrote_once(tmp_path: Path) ->
     assert training_config.check_disk_space(tmp_path, parts, free=200_000_000) == (
         "disk: about 200 MB to write (checkpoints 48 MB, adapter 4 MB, merged model 200 MB), 200 MB free")
     assert training_config.bytes_to_write(1, 10, 4, merge=False, checkpoints_kept=1)["merged model"] == 0
+
+
+def test_a_run_that_asked_for_gpus_and_sees_none_fails_unless_it_allows_the_cpu() -> None:
+    from lora_contract.api import ResourceSpec
+    from lora_trainer.profiles import check_requested_gpus
+
+    assert check_requested_gpus(ResourceSpec(gpu=0), visible=0) is None
+    assert check_requested_gpus(ResourceSpec(gpu=2), visible=1) is None
+    with pytest.raises(InvalidInput, match=r"asked for 1 GPU\(s\) \(nvidia.com/gpu\) but the trainer sees none: the "
+                                           r"node lacks the NVIDIA container runtime.*resources.gpu: 0"):
+        check_requested_gpus(ResourceSpec(gpu=1), visible=0)
+    assert "training on CPU" in check_requested_gpus(ResourceSpec(gpu=1, cpu_fallback=True), visible=0)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lora_contract.api import LoraSettings
+from lora_contract.api import LoraSettings, ResourceSpec
 from lora_trainer.errors import InvalidInput
 
 
@@ -72,6 +72,20 @@ def resolve(lora: LoraSettings, cuda: bool, bf16_supported: bool = False) -> Res
         epochs=lora.epochs or profile.epochs,
         fp16=fp16, bf16=bf16, from_profile=from_profile, notes=notes,
     )
+
+
+def check_requested_gpus(resources: ResourceSpec, visible: int) -> str | None:
+    """A run that asked for GPUs but sees none (a node without the NVIDIA container runtime, a pod without
+    the runtime class that provides it) would otherwise train on CPU, silently and for days on a large
+    model: it fails at once unless the spec allows CPU. Returns a note when it trains on CPU anyway."""
+    if resources.gpu == 0 or visible > 0:
+        return None
+    asked = f"the run asked for {resources.gpu} GPU(s) ({resources.gpu_resource_name}) but the trainer sees none"
+    if resources.cpu_fallback:
+        return f"{asked}: training on CPU (resources.cpuFallback)"
+    raise InvalidInput(f"{asked}: the node lacks the NVIDIA container runtime, or the pod needs its runtime "
+                       "class; set resources.gpu: 0 to train on CPU on purpose, or resources.cpuFallback: true "
+                       "to allow it")
 
 
 def for_this_machine(lora: LoraSettings) -> Resolved:

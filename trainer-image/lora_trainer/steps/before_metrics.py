@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
+import torch
 
 from lora_contract.api import GradeScores
 from lora_contract.progress import MetricsEvent
@@ -24,6 +25,7 @@ from lora_trainer.generation import context_limit
 from lora_trainer.grader import make_grader
 from lora_trainer.growth import reporting_growth
 from lora_trainer.modeling import load_model, resolve_source
+from lora_trainer.profiles import check_requested_gpus
 
 
 def measure(ctx: RunContext, model: Any, which: str, loss: tuple[float | None, float | None],
@@ -71,6 +73,7 @@ def _cached(path: Path, key: str) -> GradeScores | None:
 
 def run(ctx: RunContext) -> str:
     spec, data = ctx.spec, ctx.dataset
+    cpu_note = check_requested_gpus(spec.resources, torch.cuda.device_count())  # before the model's download
     started = time.monotonic()
     with reporting_growth(Path(huggingface_hub.constants.HF_HUB_CACHE), "loading the base model",
                           lambda message: ctx.note("before-metrics", message)):
@@ -88,4 +91,4 @@ def run(ctx: RunContext) -> str:
         scores = measure(ctx, model, "before", loss, key)
     ctx.before = scores
     ctx.emit(MetricsEvent(which="before", scores=scores))
-    return "; ".join(p for p in (loaded, describe(scores, "base model"), note) if p)
+    return "; ".join(p for p in (cpu_note, loaded, describe(scores, "base model"), note) if p)
