@@ -17,6 +17,7 @@ import yaml
 from lora_contract.api import TrainerStatus
 from lora_contract.xp import xp_for
 from tests.cluster.controlplane import ControlPlane
+from tests.http_fakes import Judge, judge
 
 pytest_plugins = ["tests.cluster.fixtures"]
 
@@ -267,3 +268,10 @@ def operator(control_plane: ControlPlane, crds: None, tmp_path: Path, progress_t
     op.stop()
     # Shown by pytest only when the test failed.
     print(f"--- operator log ({op.log}) ---\n" + "\n".join(op.log.read_text().splitlines()[-80:]))
+
+
+@pytest.fixture
+def judge_server() -> Iterator[type[Judge]]:
+    """A local OpenAI-compatible judge: set ``reply`` (and ``status``), read ``seen``, point graders at ``url``."""
+    with judge() as handler:
+        yield handler

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import yaml
 
 from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, pvc, wait_for
+from tests.http_fakes import completion
 from tests.trainer.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -193,51 +192,28 @@ def test_final_metrics_arrive_through_the_termination_message_when_the_operator_
     assert "termination message" in stderr  # the reports really were refused
 
 
-class _FakeJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible judge that records the Authorization headers it gets and gives middling scores."""
-
-    authorizations: list[str] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).authorizations.append(self.headers.get("Authorization", ""))
-        scores = {"taskAccuracy": 50, "completeness": 50, "correctness": 50, "coherence": 50}
-        body = json.dumps({"choices": [{"message": {"content": json.dumps(scores)}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_secrets_reach_the_trainer_and_nothing_else(kubectl, operator, namespace, tiny_model_pvc, test_node):
+def test_secrets_reach_the_trainer_and_nothing_else(kubectl, operator, namespace, tiny_model_pvc, test_node,
+                                                     judge_server):
     """The judge's API key and the hub token go to the trainer as environment variables from a Secret and
     appear nowhere a user or another tenant can read: not in the resource, its Events, the operator's log,
     the pod's logs and termination message, nor any file the run wrote. The fake judge proves the key was
     used (the process node runs pods on this host, so the judge is on 127.0.0.1)."""
     key, token = f"sk-judge-{uuid.uuid4().hex}", f"hf_{uuid.uuid4().hex}"
-    _FakeJudge.authorizations = []
-    judge = HTTPServer(("127.0.0.1", 0), _FakeJudge)
-    threading.Thread(target=judge.serve_forever, daemon=True).start()
-    try:
-        kubectl.apply(pvc("artifacts"), namespace)
-        kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
-                       "stringData": {"judge": key, "hub": token}}, namespace)
-        kubectl.apply(_tiny_run("secret", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 10},
-                                hubTokenSecret={"name": "creds", "key": "hub"},
-                                evaluation={"heldOutItems": 2, "generation": {"maxNewTokens": 8}, "grader": {
-                                    "type": "llmJudge", "endpoint": f"http://127.0.0.1:{judge.server_port}/v1",
-                                    "model": "judge", "apiKeySecret": {"name": "creds", "key": "judge"}}}),
-                      namespace)
-        status = wait_for("a terminal phase", lambda: (s := kubectl.status(namespace, "secret")).get("phase")
-                          in ("Succeeded", "Failed") and s, timeout=600)
-    finally:
-        judge.shutdown()
+    judge_server.reply = completion(json.dumps(
+        {"taskAccuracy": 50, "completeness": 50, "correctness": 50, "coherence": 50}))
+    kubectl.apply(pvc("artifacts"), namespace)
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                   "stringData": {"judge": key, "hub": token}}, namespace)
+    kubectl.apply(_tiny_run("secret", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 10},
+                            hubTokenSecret={"name": "creds", "key": "hub"},
+                            evaluation={"heldOutItems": 2, "generation": {"maxNewTokens": 8}, "grader": {
+                                "type": "llmJudge", "endpoint": judge_server.url, "model": "judge",
+                                "apiKeySecret": {"name": "creds", "key": "judge"}}}),
+                  namespace)
+    status = wait_for("a terminal phase", lambda: (s := kubectl.status(namespace, "secret")).get("phase")
+                      in ("Succeeded", "Failed") and s, timeout=600)
     assert status["phase"] == "Succeeded", status.get("message")
-    assert f"Bearer {key}" in _FakeJudge.authorizations  # the key was used, so it really was in the pod
+    assert f"Bearer {key}" in [r["auth"] for r in judge_server.seen]  # the key was used, so it really was in the pod
     pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-o", "yaml"))["items"][0]
     pod_dir = test_node.pod_dir(namespace, pod["metadata"]["name"])
     readable = {

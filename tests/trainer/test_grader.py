@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -26,6 +22,7 @@ from lora_trainer.grader import (
 )
 from lora_trainer.text import stem, words
 from lora_trainer.text_metrics import coherence, rouge_l, token_f1
+from tests.http_fakes import completion
 
 QUERY = "What are the minion ranks?"
 REFERENCE = ("Per the Minion Handbook, there are five ranks: Sprout (0 to 99 XP), Runner (100 to 499 XP), "
@@ -117,42 +114,8 @@ def test_criteria_missing_for_some_items_average_over_the_others() -> None:
 # ----------------------------------------------------------------------------- LLM judge
 
 
-class _Judge(BaseHTTPRequestHandler):
-    reply: Any = None
-    status = 200
-    seen: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        payload = json.dumps(self.reply).encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def judge_server() -> Iterator[type[_Judge]]:
-    handler = type("Judge", (_Judge,), {"seen": [], "status": 200})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    handler.url = f"http://127.0.0.1:{server.server_port}/v1"
-    yield handler
-    server.shutdown()
-
-
-def _completion(content: str) -> dict[str, Any]:
-    return {"choices": [{"message": {"role": "assistant", "content": content}}]}
-
-
 def test_llm_judge_scores_come_from_the_endpoint(judge_server: Any) -> None:
-    judge_server.reply = _completion('Scores: {"taskAccuracy": 90, "completeness": 80, "correctness": 120, '
+    judge_server.reply = completion('Scores: {"taskAccuracy": 90, "completeness": 80, "correctness": 120, '
                                      '"coherence": 70}')
     g = LlmJudgeGrader(judge_server.url, "judge-1", "secret").grade("Design a forge", "An answer.", "Ref", ("forge",))
     assert (g.task_accuracy, g.completeness, g.correctness, g.coherence, g.complexity) == (90, 80, 100, 70, 3)
@@ -163,7 +126,7 @@ def test_llm_judge_scores_come_from_the_endpoint(judge_server: Any) -> None:
 
 
 def test_llm_judge_reads_the_first_json_object_of_a_wordy_reply(judge_server: Any) -> None:
-    judge_server.reply = _completion('Using {rubric}: {"taskAccuracy": 60, "completeness": 50, "correctness": 40, '
+    judge_server.reply = completion('Using {rubric}: {"taskAccuracy": 60, "completeness": 50, "correctness": 40, '
                                      '"coherence": 30}. Alternative view: {"taskAccuracy": 0}')
     g = LlmJudgeGrader(judge_server.url, "judge-1", None).grade("Что такое миньон?", "Миньон — помощник.", None, ())
     assert (g.task_accuracy, g.completeness, g.correctness, g.coherence) == (60, 50, 40, 30)
@@ -179,7 +142,7 @@ def test_non_english_answers_are_graded_like_english_ones() -> None:
 
 def test_llm_judge_errors_are_clear(judge_server: Any) -> None:
     grader = LlmJudgeGrader(judge_server.url, "judge-1", None)
-    judge_server.reply = _completion("I think it is fine.")
+    judge_server.reply = completion("I think it is fine.")
     with pytest.raises(StepError, match="not the JSON scores"):
         grader.grade("q", "an answer", None, ())
     judge_server.status, judge_server.reply = 401, {"error": "bad key"}
