@@ -227,8 +227,9 @@ class LoraSettings(_Model):
     """LoRA adapter and training hyper-parameters (the product spec's loraConfig).
 
     Fields left unset take the hardware profile's value (GPU profile: batchSize 4,
-    gradientAccumulationSteps 8, epochs 3, fp16; CPU profile: batchSize 1,
-    gradientAccumulationSteps 8, epochs 1, fp32). Set values always win.
+    gradientAccumulationSteps 8, epochs 3, bf16 where the GPU has it, else fp16; CPU profile:
+    batchSize 1, gradientAccumulationSteps 8, epochs 1, bf16 where the CPU computes it natively
+    (AVX512-BF16, AMX), else fp32). Set values always win.
     """
 
     model_config = ConfigDict(
@@ -267,7 +268,8 @@ class LoraSettings(_Model):
     ] = Field("constant_with_warmup", description="Learning-rate schedule (default: constant after the warmup, "
               "which learned more per epoch than cosine in docs/performance.md).")
     fp16: bool | None = Field(None, description="fp16 mixed precision (GPU only).")
-    bf16: bool | None = Field(None, description="bf16 mixed precision (GPU only).")
+    bf16: bool | None = Field(None, description="bf16 mixed precision: GPUs of compute capability 8.0+, CPUs with "
+                              "AVX512-BF16 or AMX. Unset: on where supported; false: fp16 on a GPU, fp32 on a CPU.")
     max_length: int = Field(512, ge=16, le=131072, description="Max tokens per training sequence.")
     completion_only_loss: bool = Field(True, description="Mask prompt tokens: loss on answers only.")
     packing: bool | None = Field(
@@ -393,6 +395,10 @@ class ResourceSpec(_Model):
                         description="Memory request and limit.")
     node_selector: dict[str, LabelValue] = Field(default_factory=dict, description="Extra node selector.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    runtime_class_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="RuntimeClass of the trainer pod, e.g. nvidia where the NVIDIA container runtime is not the "
+        "node's default. Unset: the chart's trainer.runtimeClassName for runs with gpu > 0, else none.")
 
 
 class OutputSpec(_Model):

@@ -44,6 +44,9 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # For runs that ask for GPUs: the RuntimeClass whose handler exposes them (e.g. nvidia), where the
+    # NVIDIA container runtime is not the nodes' default. CPU runs get none: their nodes may lack the handler.
+    gpu_runtime_class: str = ""
     run_as_user: int = 1000
     # Secrets to pull a trainer image from a private registry, by name, in each run's namespace.
     image_pull_secrets: list[str] = field(default_factory=list)
@@ -64,6 +67,7 @@ class OperatorConfig:
             image_pull_policy=env.get("LORA_TRAINER_IMAGE_PULL_POLICY", default.image_pull_policy),
             node_selector=json.loads(env.get("LORA_TRAINER_NODE_SELECTOR", "{}")),
             tolerations=json.loads(env.get("LORA_TRAINER_TOLERATIONS", "[]")),
+            gpu_runtime_class=env.get("LORA_TRAINER_GPU_RUNTIME_CLASS", default.gpu_runtime_class),
             run_as_user=int(env.get("LORA_TRAINER_RUN_AS_USER", default.run_as_user)),
             image_pull_secrets=json.loads(env.get("LORA_TRAINER_IMAGE_PULL_SECRETS", "[]")),
             service_account_annotations=json.loads(env.get("LORA_TRAINER_SERVICE_ACCOUNT_ANNOTATIONS", "{}")),
@@ -228,6 +232,9 @@ def _scheduling(spec: api.LoraTrainingJobSpec, cfg: OperatorConfig) -> dict[str,
         out["tolerations"] = tolerations
     if spec.runtime.priority_class_name:
         out["priorityClassName"] = spec.runtime.priority_class_name
+    runtime_class = res.runtime_class_name or (cfg.gpu_runtime_class if res.gpu > 0 else "")
+    if runtime_class:
+        out["runtimeClassName"] = runtime_class
     return out
 
 

@@ -171,6 +171,7 @@ def test_values_reach_the_operator_config(render: Render, tmp_path: Path) -> Non
         # A UID of 7 digits: Helm reads YAML numbers as floats, which print as 2e+06 unless cast.
         "trainer": {"image": {"repository": "registry.local/trainer", "tag": "v9", "pullPolicy": "Always"},
                     "nodeSelector": {"pool": "gpu"}, "tolerations": tolerations, "runAsUser": 2000000,
+                    "gpuRuntimeClassName": "nvidia",
                     "imagePullSecrets": ["regcred"], "serviceAccountAnnotations": {"example.com/role": "trainer"},
                     "trustedImages": ["registry.local/trainer:dev"]},
         "progress": {"port": 9443},
@@ -183,7 +184,7 @@ def test_values_reach_the_operator_config(render: Render, tmp_path: Path) -> Non
     env = _env(deploy)
     assert builders.OperatorConfig.from_env(env) == builders.OperatorConfig(
         trainer_image="registry.local/trainer:v9", image_pull_policy="Always", node_selector={"pool": "gpu"},
-        tolerations=tolerations, run_as_user=2000000, image_pull_secrets=["regcred"],
+        tolerations=tolerations, gpu_runtime_class="nvidia", run_as_user=2000000, image_pull_secrets=["regcred"],
         service_account_annotations={"example.com/role": "trainer"},
         progress_url=f"https://{PROGRESS}.lora-system.svc:9443",
         trusted_images=("registry.local/trainer:v9", "registry.local/trainer:dev"))

@@ -9,6 +9,7 @@ docs table that no longer matches: regenerate it with ``python -m tests.trainer.
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from pydantic import ValidationError
@@ -37,6 +39,8 @@ class Case:
     spec: dict[str, Any] | None = None  # top-level fields that replace those of a valid spec
     files: dict[str, bytes] | None = None  # written to the data folder; the first one is the dataset
     url: str | None = None  # the dataset is this file of the data folder, served over http instead
+    hub_id: str | None = None  # the dataset is this hub id (the tests run with $HF_HUB_OFFLINE=1)
+    env: dict[str, str] | None = None  # set while step 1 runs
     says: str = ""  # a fragment the message must hold
 
 
@@ -72,6 +76,8 @@ SPEC_CASES = [
     Case("an output PVC name with capitals", {"output": {"claimName": "My_Volume"}}, says="spec.output.claimName"),
     Case("a priority class with a space", {"runtime": {"priorityClassName": "high prio"}},
          says="spec.runtime.priorityClassName"),
+    Case("a runtime class with an underscore", {"resources": {"runtimeClassName": "nvidia_cdi"}},
+         says="spec.resources.runtimeClassName"),
     Case("negative backoff limit", {"runtime": {"backoffLimit": -1}}, says="greater than or equal to 0"),
 ]
 
@@ -99,6 +105,13 @@ DATA_CASES = [
     Case("Latin-1 bytes in a UTF-8 file", files={"j.jsonl": _jsonl(GOOD).replace(b"Sprout", b"Spr\xf6ut")},
          says="undecodable byte sequence(s) read as U+FFFD"),
     Case("an empty file", files={"k.jsonl": b""}, says="no usable training items"),
+    Case("a truncated gzip file", files={"l.jsonl.gz": gzip.compress(_jsonl(GOOD) * 50)[:-40]},
+         says="l.jsonl.gz is not a readable gzip file"),
+    Case("a compression bomb (here: past $LORA_MAX_DECOMPRESSED_BYTES=1 MiB; default 2 GiB)",
+         files={"m.jsonl.gz": gzip.compress(b" " * (2 << 20))}, env={"LORA_MAX_DECOMPRESSED_BYTES": str(1 << 20)},
+         says="decompresses to more than 1048576 bytes"),
+    Case("a hub dataset id while the hub is off, not cached", hub_id="nobody-here/no-such-dataset",
+         says="is not in the local cache and the hub is switched off"),
     Case("a URL that answers 404", url="gone.jsonl", says="answered HTTP 404"),
     Case("a URL that answers an HTML page", files={"view.html": b"<html><body>Sign in</body></html>"},
          url="view.html", says="answered an HTML page, not a data file"),
@@ -119,8 +132,8 @@ def data_message(case: Case, folder: Path, tokenizer: Any) -> str:
     files = case.files or {}
     for name, content in files.items():
         (folder / name).write_bytes(content)
-    with serve_folder(folder) as base:
-        source = {"url": f"{base}/{case.url}"} if case.url else \
+    with serve_folder(folder) as base, mock.patch.dict("os.environ", case.env or {}):
+        source = {"url": f"{base}/{case.url}"} if case.url else {"hubId": case.hub_id} if case.hub_id else \
             {"path": str(folder / (next(iter(files)) if files else "missing.jsonl"))}
         spec = LoraTrainingJobSpec.model_validate({
             "model": MODEL, "datasets": [source], "data": {"validationFraction": 0.0, "minTextLength": 1}})

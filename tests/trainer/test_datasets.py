@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import json
+import lzma
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -115,6 +118,25 @@ def test_a_folder_reads_every_data_file_and_skips_hidden_ones(tmp_path: Path, ti
         "nested/a.jsonl", "nested/b.json", "nested/c.json", "nested/d.csv", "nested/e.parquet"}
 
 
+@pytest.mark.parametrize(("suffix", "compress"), [(".gz", gzip.compress), (".bz2", bz2.compress),
+                                                 (".xz", lzma.compress)])
+def test_compressed_files_of_every_type_are_read(tmp_path: Path, tiny_model: Path, tiny_tokenizer: Any,
+                                                 suffix: str, compress: Any) -> None:
+    (tmp_path / "packed").mkdir()
+    for path in _write_all_types(tmp_path / "plain").values():
+        (tmp_path / "packed" / (path.name + suffix)).write_bytes(compress(path.read_bytes()))
+    (tmp_path / "nameless").write_bytes(compress((tmp_path / "plain" / "a.jsonl").read_bytes()))  # type sniffed
+
+    def items(source: str) -> list[tuple[str, Any, Any]]:
+        data = load(tiny_model, [{"path": str(tmp_path / source)}], tiny_tokenizer)
+        assert not data.stats["errors"]
+        return [(e.location.replace(suffix, ""), e.prompt, e.completion) for e in data.train]
+
+    plain = items("plain")
+    assert items("packed") == plain and len(plain) == 14
+    assert [item[1:] for item in items("nameless")] == [item[1:] for item in plain if item[0].startswith("a.")]
+
+
 def test_configmap_datasets_are_read_from_the_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     tiny_model: Path, tiny_tokenizer: Any) -> None:
     monkeypatch.setenv("LORA_CONFIGMAP_DIR", str(tmp_path))
@@ -206,7 +228,8 @@ def test_hub_datasets_go_through_load_dataset(tmp_path: Path, tiny_model: Path, 
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in handbook_rows()[:5]))
     data = load(tiny_model, [{"hubId": str(tmp_path), "split": "train"}], tiny_tokenizer)
     assert len(data.train) == 5 and data.train[0].location == f"{tmp_path} row 1"
-    with pytest.raises(StepError, match="cannot load hub dataset"):
+    # The tests run with $HF_HUB_OFFLINE=1: a dataset not cached cannot appear on a retry (exit 2).
+    with pytest.raises(InvalidInput, match="is not in the local cache and the hub is switched off"):
         load(tiny_model, [{"hubId": str(tmp_path / "nope")}], tiny_tokenizer)
 
 

@@ -131,8 +131,17 @@ def test_profiles_fill_only_unset_fields() -> None:
     assert bf16.bf16 and not bf16.fp16 and "precision" not in bf16.from_profile
     with pytest.raises(InvalidInput, match=r"lora\.bf16 is set but this GPU has no bfloat16 support"):
         resolve(LoraSettings(bf16=True), cuda=True, bf16_supported=False)
-    no_gpu = resolve(LoraSettings(fp16=True), cuda=False)
-    assert not no_gpu.fp16 and no_gpu.notes == ("fp16/bf16 need a GPU: training in fp32 on CPU",)
+    no_gpu = resolve(LoraSettings(fp16=True), cuda=False, bf16_supported=True)
+    assert not no_gpu.fp16 and not no_gpu.bf16 and no_gpu.notes == ("fp16 needs a GPU: training in fp32 on CPU",)
+
+
+def test_cpu_profile_trains_in_bf16_only_where_the_cpu_computes_it() -> None:
+    native = resolve(LoraSettings(), cuda=False, bf16_supported=True)
+    assert native.bf16 and native.dtype == torch.bfloat16 and "precision" in native.from_profile
+    assert resolve(LoraSettings(bf16=False), cuda=False, bf16_supported=True).dtype == torch.float32
+    emulated = resolve(LoraSettings(bf16=True), cuda=False, bf16_supported=False)
+    assert emulated.dtype == torch.float32 and emulated.notes == (
+        "bf16 needs a CPU with AVX512-BF16 or AMX (emulated it is slower than fp32): training in fp32",)
 
 
 def test_optimizer_steps_match_the_trainer() -> None:

@@ -41,6 +41,15 @@ def test_cpu_job_has_no_gpu_request_or_toleration() -> None:
     assert "tolerations" not in pod
 
 
+def test_runtime_class_from_the_spec_or_the_charts_gpu_default() -> None:
+    cfg = builders.OperatorConfig.from_env({"LORA_TRAINER_GPU_RUNTIME_CLASS": "nvidia"})
+    assert _pod(builders.job("d", "ns", _spec(resources={"gpu": 1}), cfg))["runtimeClassName"] == "nvidia"
+    assert "runtimeClassName" not in _pod(builders.job("d", "ns", _spec(resources={"gpu": 0}), cfg))
+    own = _spec(resources={"gpu": 1, "runtimeClassName": "nvidia-cdi"})
+    assert _pod(builders.job("d", "ns", own, cfg))["runtimeClassName"] == "nvidia-cdi"
+    assert "runtimeClassName" not in _pod(builders.job("d", "ns", _spec(resources={"gpu": 1}), CFG))
+
+
 def test_cpu_is_requested_not_limited_and_memory_is_both() -> None:
     resources = _pod(builders.job("demo", "ns", _spec(resources={"gpu": 0, "cpu": "3", "memory": "5Gi"}),
                                   builders.OperatorConfig()))["containers"][0]["resources"]

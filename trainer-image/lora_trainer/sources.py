@@ -2,27 +2,37 @@
 
 Sources: inline items, a ConfigMap key (mounted by the operator as a file), a file or folder
 in the container, an http(s) URL, a hub dataset, a sample dataset shipped in this package.
-File types: JSONL, JSON, CSV, Parquet. A row that cannot be read is recorded as an error with
-its file and line and skipped; a source that cannot be reached at all fails the step.
+File types: JSONL, JSON, CSV, Parquet, each also gzip, bzip2 or xz compressed (told by the
+content's magic bytes, not the name). A row that cannot be read is recorded as an error with its
+file and line and skipped; a source that cannot be reached at all fails the step.
+
+Memory: a file is read whole, then parsed; a compressed one may decompress to at most
+``max_decompressed_bytes()`` (2 GiB, ``$LORA_MAX_DECOMPRESSED_BYTES``), so a compression bomb
+fails the step (exit 2) instead of the pod's memory.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
+import lzma
 import os
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lora_contract.api import DatasetSource, FileType
@@ -35,11 +45,18 @@ DOWNLOAD_TIMEOUT_SECONDS = 120  # per connect or read
 DOWNLOAD_DEADLINE_SECONDS = 1800  # for the whole download
 MAX_DOWNLOAD_BYTES_ENV = "LORA_MAX_DOWNLOAD_BYTES"
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 << 30  # 2 GiB
+MAX_DECOMPRESSED_BYTES_ENV = "LORA_MAX_DECOMPRESSED_BYTES"
+DEFAULT_MAX_DECOMPRESSED_BYTES = 2 << 30  # 2 GiB
 _CHUNK = 1 << 20
 BUILTIN_DIR = Path(__file__).parent / "data"  # builtin dataset a-b is data/a_b.jsonl
 
 _EXTENSIONS: dict[str, FileType] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+}
+# Compressed files by their first bytes: the format's file suffix, its name, its reader.
+_COMPRESSIONS: dict[bytes, tuple[str, str, Any]] = {
+    b"\x1f\x8b": (".gz", "gzip", gzip.open), b"BZh": (".bz2", "bzip2", bz2.open),
+    b"\xfd7zXZ\x00": (".xz", "xz", lzma.open),
 }
 # CSV cells that may hold chat messages as JSON text.
 _JSON_CELLS = ("messages", "prompt", "completion")
@@ -84,9 +101,46 @@ def builtin_path(name: str) -> Path:
     return BUILTIN_DIR / f"{name.replace('-', '_')}.jsonl"
 
 
+def max_decompressed_bytes() -> int:
+    return int(os.environ.get(MAX_DECOMPRESSED_BYTES_ENV, DEFAULT_MAX_DECOMPRESSED_BYTES))
+
+
+def _compression(path: Path) -> tuple[str, str, Any] | None:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((found for magic, found in _COMPRESSIONS.items() if head.startswith(magic)), None)
+
+
+def _content(path: Path, size: int, label: str) -> bytes:
+    """At most ``size`` bytes (-1: all) of the file's content, decompressed if it is compressed."""
+    compression = _compression(path)
+    if compression is None:
+        with open(path, "rb") as f:
+            return f.read(size)
+    _, name, opener = compression
+    try:
+        with opener(path, "rb") as f:
+            return f.read(size)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:  # each format raises its own for bad data
+        raise InvalidInput(f"dataset {label!r}: {path.name} is not a readable {name} file: {err}") \
+            from err
+
+
+def read_bytes(path: Path, label: str) -> bytes:
+    """The file's content, decompressed within ``max_decompressed_bytes()`` if it is compressed."""
+    if _compression(path) is None:
+        return path.read_bytes()
+    limit = max_decompressed_bytes()
+    data = _content(path, limit + 1, label)
+    if len(data) > limit:
+        raise InvalidInput(f"dataset {label!r}: {path.name} decompresses to more than {limit} bytes "
+                           f"(${MAX_DECOMPRESSED_BYTES_ENV}): a compression bomb, or a dataset to split into files")
+    return data
+
+
 def read_text(path: Path, out: SourceRows) -> str:
     """UTF-8 text (a BOM is dropped); undecodable bytes become U+FFFD and are counted in ``out``."""
-    data = path.read_bytes()
+    data = read_bytes(path, out.label)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -95,15 +149,22 @@ def read_text(path: Path, out: SourceRows) -> str:
         return text
 
 
-def file_type_of(path: Path, declared: FileType) -> FileType:
+def _data_suffix(path: Path) -> str:
+    """The suffix that names the data format: ``train.jsonl.gz`` -> ``.jsonl``."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) > 1 and suffixes[-1] in {suffix for suffix, _, _ in _COMPRESSIONS.values()}:
+        return suffixes[-2]
+    return path.suffix.lower()
+
+
+def file_type_of(path: Path, declared: FileType, label: str) -> FileType:
     """The declared type, else the extension's, else a sniff of the first character."""
     if declared != "auto":
         return declared
-    by_extension = _EXTENSIONS.get(path.suffix.lower())
+    by_extension = _EXTENSIONS.get(_data_suffix(path))
     if by_extension:
         return by_extension
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        head = f.read(4096).lstrip()
+    head = _content(path, 4096, label).decode("utf-8-sig", errors="replace").lstrip()
     if head.startswith("["):
         return "json"
     if head.startswith("{"):
@@ -194,8 +255,9 @@ def _read_csv(path: Path, name: str, out: SourceRows) -> None:
 
 
 def _read_parquet(path: Path, name: str, out: SourceRows) -> None:
+    source = path if _compression(path) is None else pa.BufferReader(read_bytes(path, out.label))
     try:
-        records = pq.read_table(path).to_pylist()
+        records = pq.read_table(source).to_pylist()
     except Exception as err:  # pyarrow raises several types for corrupt files
         out.errors.append(f"{name}: unreadable Parquet file: {err}; file skipped")
         return
@@ -207,7 +269,7 @@ _READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet
 
 
 def _read_file(path: Path, declared: FileType, out: SourceRows, name: str | None = None) -> None:
-    _READERS[file_type_of(path, declared)](path, name or path.name, out)
+    _READERS[file_type_of(path, declared, out.label)](path, name or path.name, out)
 
 
 def _files_under(folder: Path, declared: FileType) -> Iterator[Path]:
@@ -216,7 +278,7 @@ def _files_under(folder: Path, declared: FileType) -> Iterator[Path]:
         relative = path.relative_to(folder).parts
         if any(part.startswith(".") for part in relative) or not path.is_file():
             continue
-        if declared != "auto" or path.suffix.lower() in _EXTENSIONS:
+        if declared != "auto" or _data_suffix(path) in _EXTENSIONS:
             yield path
 
 
@@ -288,9 +350,18 @@ def _download(url: str, declared: FileType, out: SourceRows) -> None:
 
 
 def _load_hub(ds: DatasetSource, out: SourceRows) -> None:
+    """A dataset that does not exist, or a hub switched off with the dataset not cached, is the spec's or the
+    pod's to fix (exit 2); anything else (network, hub outage) may pass on a retry."""
     try:
         table = datasets.load_dataset(ds.hub_id, name=ds.subset, split=ds.split)
+    except datasets.exceptions.DatasetNotFoundError as err:
+        raise InvalidInput(f"dataset {out.label!r}: hub dataset {ds.hub_id} does not exist, or is gated or private "
+                           f"(set hubTokenSecret): {err}") from err
     except Exception as err:  # the hub client raises many types; the message is what matters
+        if datasets.config.HF_HUB_OFFLINE:
+            raise InvalidInput(f"dataset {out.label!r}: hub dataset {ds.hub_id} is not in the local cache and the hub "
+                               "is switched off ($HF_HUB_OFFLINE): mount the dataset and use path, or allow the hub"
+                               ) from err
         raise StepError(f"dataset {out.label!r}: cannot load hub dataset {ds.hub_id} "
                         f"(split {ds.split}): {err}") from err
     for i, record in enumerate(table, 1):
