@@ -166,12 +166,13 @@ class StatusWriter:
 
     def write(self, key: RunKey, patch: dict[str, Any], *, final: bool = False) -> None:
         """Write ``patch`` now, waiting for budget; inside ``exclusive``. ``final``: the run is finished, and
-        reports that arrive later are refused."""
-        if final:
-            self.close(key)
+        reports that arrive later are refused, once the write went through: a refused one (409, 429, the
+        apiserver down) leaves the run open and its report queued, for the next sync to write again."""
         if patch:
             self.bucket.take()
             self._send(key, patch)
+        if final:
+            self.close(key)
 
     def close(self, key: RunKey) -> None:
         """No more reports for this run: it is finished (``forget`` it once it is deleted)."""

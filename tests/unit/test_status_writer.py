@@ -69,6 +69,21 @@ def test_the_operators_write_takes_the_pending_report_and_a_final_write_closes_t
     assert writer.report(KEY, {"trainingStep": 1}) is True
 
 
+def test_a_refused_final_write_leaves_the_run_open_with_its_report() -> None:
+    """The apiserver answered the final write 409 or 429: the status is not final yet, so the run must still
+    take reports, and the one held goes back for the next sync, which writes the final status again."""
+    patch = Recorder(fail=1)
+    writer = StatusWriter(patch, rate=100, run_interval=60)
+    writer.report(KEY, {"trainingStep": 7})
+    with pytest.raises(RuntimeError), writer.exclusive(KEY) as held:
+        writer.write(KEY, {"phase": "Succeeded", "trainer": held.report}, final=True)
+    with writer.exclusive(KEY) as held:
+        assert held.report == {"trainingStep": 7}
+        writer.write(KEY, {"phase": "Succeeded", "trainer": held.report}, final=True)
+    assert patch.calls == [("ns", "run", {"phase": "Succeeded", "trainer": {"trainingStep": 7}})]
+    assert writer.report(KEY, {"trainingStep": 8}) is False
+
+
 def test_a_failed_operator_write_puts_the_report_back() -> None:
     writer = StatusWriter(Recorder(fail=1), rate=100, run_interval=60)
     writer.report(KEY, {"trainingStep": 3})
