@@ -39,6 +39,7 @@ from kubernetes import client, watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.process_stats import cpu_seconds, max_rss_mib, settle  # noqa: E402
 from lora_contract import api, progress  # noqa: E402
 from lora_operator import builders  # noqa: E402
 from lora_trainer.progress_reporter import ProgressReporter  # noqa: E402
@@ -100,16 +101,6 @@ def prepare(kubectl: Kubectl, api_client: client.ApiClient, ns: str, runs: list[
         list(pool.map(pod_and_token, runs))
 
 
-def settle(pid: int, timeout: float = 60.0) -> None:
-    """Wait (at most ``timeout``) until the operator has digested the setup: under 10% of a core for 2 s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        before = cpu_seconds(pid)
-        time.sleep(2)
-        if cpu_seconds(pid) - before < 0.2:
-            return
-
-
 def observe(api_client: client.ApiClient, ns: str, since: str, seen: Observed, stop: threading.Event) -> None:
     custom = client.CustomObjectsApi(api_client)
     stream = watch.Watch().stream(custom.list_namespaced_custom_object, api.GROUP, api.VERSION, ns, api.PLURAL,
@@ -145,16 +136,6 @@ def drive(reporters: dict[str, ProgressReporter], steps: int, gap: float) -> dic
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda run: reporters[run].close(status[run]), reporters))
     return emitted
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def max_rss_mib(pid: int) -> float:
-    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
 
 
 def first_shown(seen: list[tuple[float, int]]) -> dict[int, float]:

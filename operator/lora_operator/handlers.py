@@ -1,6 +1,7 @@
 """Kopf wiring only: each handler reads, calls a pure function, and writes.
 
-Logic lives in ``builders`` (spec -> objects) and ``status`` (Job/Pods -> status). Every status write
+Logic lives in ``builders`` (spec -> objects) and ``status`` (Job/Pods -> status). ``sync`` reads runs, Jobs
+and Pods from the watch-fed indices (``cache`` says when it reads the API instead). Every status write
 goes through one ``StatusWriter`` (the write budget); trainer reports arrive at ``progress_server``.
 """
 
@@ -26,10 +27,11 @@ from pydantic import ValidationError
 from lora_contract import api
 from lora_contract.api import LoraTrainingJobStatus, TrainerStatus
 from lora_contract.validation import describe_validation_error
-from lora_operator import builders, progress_server
+from lora_operator import builders, cache, progress_server
 from lora_operator import reasons as R
 from lora_operator.status import (
     TERMINAL,
+    KubeEvent,
     condition_true,
     parse,
     reconcile_status,
@@ -47,6 +49,9 @@ PROGRESS_PORT = int(os.environ.get("LORA_PROGRESS_PORT", "8443"))
 TLS_DIR = Path(os.environ.get("LORA_PROGRESS_TLS_DIR", builders.DEFAULT_TLS_DIR))
 DIRECTORY = progress_server.RunDirectory()
 _locks: dict[tuple[str, str], threading.Lock] = {}
+# The indices below, by what they hold, as ``configure`` receives them (Kopf hands indices to handlers only).
+_CACHES: dict[str, kopf.Index[tuple[str, str], dict[str, Any]]] = {}
+WRITTEN = cache.WrittenRuns()
 _locks_guard = threading.Lock()
 
 
@@ -64,7 +69,9 @@ def _lock(namespace: str, name: str) -> threading.Lock:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, run_objects: kopf.Index,
+                    job_objects: kopf.Index, pod_objects: kopf.Index, **_: Any) -> None:
+    _CACHES.update(runs=run_objects, jobs=job_objects, pods=pod_objects)
     # Annotations only: status belongs to the API, and Argo CD ignores annotations it did not set.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -127,8 +134,8 @@ def _custom() -> kubernetes.client.CustomObjectsApi:
 
 
 def _patch_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
-    _custom().patch_namespaced_custom_object_status(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch})
+    WRITTEN.remember(_custom().patch_namespaced_custom_object_status(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}))
 
 
 WRITER = StatusWriter(_patch_status, rate=float(os.environ.get("LORA_STATUS_WRITES_PER_SECOND", "20")),
@@ -270,12 +277,31 @@ def periodic_sync(name: str, namespace: str, **_: Any) -> None:
     sync(namespace, name)
 
 
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL)
+def run_objects(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace, name): cache.slim(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=_CHILD_SELECTOR)
+def job_objects(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace, name): cache.slim(body)}
+
+
+@kopf.index("", "v1", "pods", labels=_CHILD_SELECTOR)
+def pod_objects(namespace: str, labels: kopf.Labels, body: kopf.Body,
+                **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Pods by their Job's name: what ``sync`` listed by label before."""
+    job = labels.get(cache.JOB_NAME_LABEL)
+    return {(namespace, job): cache.slim(body)} if job else {}
+
+
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 def run_event(type: str | None, name: str, namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     """A deleted run: forget it (an event, not a deletion handler, which would need a finalizer)."""
     if type == "DELETED":
         key = (namespace, name, meta["uid"])
         DIRECTORY.drop_run(namespace, name)
+        WRITTEN.forget(namespace, name)
         WRITER.forget(key)
         memo.endpoint.forget(key)
 
@@ -305,34 +331,54 @@ def _read_run(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+def _read_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _client().sanitize_for_serialization(
+            kubernetes.client.BatchV1Api(_client()).read_namespaced_job(name, namespace))
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def _list_pods(namespace: str, job: str) -> list[dict[str, Any]]:
+    return _client().sanitize_for_serialization(kubernetes.client.CoreV1Api(_client()).list_namespaced_pod(
+        namespace, label_selector=f"{cache.JOB_NAME_LABEL}={job}").items)
+
+
 def sync(namespace: str, name: str) -> None:
-    """Re-derive phase and conditions from the Job and its pods and write what changed."""
+    """Re-derive phase and conditions from the cached Job and its pods and write what changed."""
     with _lock(namespace, name):
-        obj = _read_run(namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
+        watched = cache.pick(_CACHES["runs"].get((namespace, name)))
+        if watched is None or watched["metadata"].get("deletionTimestamp"):
             return
-        spec = obj.get("spec") or {}
-        try:
-            job = _client().sanitize_for_serialization(
-                kubernetes.client.BatchV1Api(_client()).read_namespaced_job(builders.job_name(name), namespace))
-        except ApiException as err:
-            if err.status != 404:
-                raise
-            job = None
-        pods = _client().sanitize_for_serialization(
-            kubernetes.client.CoreV1Api(_client()).list_namespaced_pod(
-                namespace, label_selector=f"batch.kubernetes.io/job-name={builders.job_name(name)}").items)
-        stall = int((spec.get("runtime") or {}).get("stallTimeoutSeconds") or 900)
-        uid = obj["metadata"]["uid"]
-        key: RunKey = (namespace, name, uid)
-        old = parse(obj.get("status"))
+        key: RunKey = (namespace, name, watched["metadata"]["uid"])
+        # Inside: a report write of this run in flight has finished, and WRITTEN has its response.
         with WRITER.exclusive(key) as held:
+            obj = WRITTEN.newest(watched)
+            spec = obj.get("spec") or {}
+            old = parse(obj.get("status"))
+            job_name = builders.job_name(name)
+            job = cache.pick(_CACHES["jobs"].get((namespace, job_name)))
+            if job is None and old.phase not in TERMINAL:
+                # Maybe created a moment ago and not delivered yet: a miss alone must not end the run (job_gone).
+                job = _read_job(namespace, job_name)
+            pods = list(_CACHES["pods"].get((namespace, job_name)) or ())
+            stall = int((spec.get("runtime") or {}).get("stallTimeoutSeconds") or 900)
             seen = old if held.report is None else \
                 old.model_copy(update={"trainer": TrainerStatus.model_validate(held.report)})
-            new, events = reconcile_status(
-                seen, job, pods, now=_now(), generation=obj["metadata"].get("generation"), stall_timeout=stall,
-                queued=bool(spec.get("queueName")), untrusted_image=CONFIG.untrusted_image(spec.get("image")))
-            DIRECTORY.set_run(namespace, name, uid, new.phase)
+
+            def derive(pods: list[dict[str, Any]]) -> tuple[LoraTrainingJobStatus, list[KubeEvent]]:
+                return reconcile_status(
+                    seen, job, pods, now=_now(), generation=obj["metadata"].get("generation"), stall_timeout=stall,
+                    queued=bool(spec.get("queueName")), untrusted_image=CONFIG.untrusted_image(spec.get("image")))
+
+            new, events = derive(pods)
+            if new.phase in TERMINAL and seen.phase not in TERMINAL:
+                # The final summary is the ended pod's termination message: read it as it is now, since the
+                # pod watch may trail the Job's.
+                new, events = derive(_list_pods(namespace, job_name))
+            DIRECTORY.set_run(namespace, name, key[2], new.phase)
             final = new.phase in TERMINAL
             if status_patch(seen, new) or final:  # the report rides along with a write the operator makes anyway
                 WRITER.write(key, status_patch(old, new), final=final)
