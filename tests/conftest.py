@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -125,7 +128,11 @@ class StatusRecorder(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            s = self.kubectl.status(self.namespace, self.name)
+            try:
+                s = self.kubectl.status(self.namespace, self.name)
+            except AssertionError:  # the apiserver is down (a fault test): look again in a moment
+                time.sleep(1.0)
+                continue
             trainer = s.get("trainer") or {}
             snap = {"phase": s.get("phase"), **{k: trainer.get(k) for k in ("stepSummary", "progress", "loss",
                                                                              "trainingStep")}}
@@ -250,6 +257,12 @@ class OperatorProcess:
                  or self.proc.poll() is not None, timeout=60)
         assert self.proc.poll() is None, f"operator exited:\n{self.log.read_text()[-3000:]}"
 
+    def kill(self) -> None:
+        """SIGKILL: a crash or an OOM kill, with no cleanup handler run (``stop`` lets Kopf shut down)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -268,6 +281,73 @@ def operator(control_plane: ControlPlane, crds: None, tmp_path: Path, progress_t
     op.stop()
     # Shown by pytest only when the test failed.
     print(f"--- operator log ({op.log}) ---\n" + "\n".join(op.log.read_text().splitlines()[-80:]))
+
+
+@pytest.fixture
+def tiny_model_pvc(kubectl: Kubectl, namespace: str, test_node) -> str:
+    """A PVC "models" holding a tiny Llama in tiny/, as a model store would; returns the volume's path.
+
+    The test node runs pods as local processes and rewrites mount paths only in the command and
+    environment, not inside the mounted spec file, so the run mounts the volume at its real path.
+    """
+    from tests.trainer.tiny import build_tiny_model  # torch: only for the tests that train
+
+    kubectl.apply(pvc("models"), namespace)
+    root = kubectl.bound_dir(namespace, "models")
+    texts = (ROOT / "trainer-image/lora_trainer/data/minion_handbook.jsonl").read_text().splitlines()
+    build_tiny_model(root / "tiny", texts)
+    return str(root)
+
+
+TINY_LORA = {"maxSteps": 120, "batchSize": 4, "gradientAccumulationSteps": 1, "learningRate": 0.005,
+             "loggingSteps": 5, "evalSteps": 40, "saveSteps": 40, "maxLength": 128,
+             "targetModules": ["q_proj", "v_proj"]}
+
+
+def tiny_run(name: str, models: str, **overrides) -> dict:
+    """A LoraTrainingJob training the tiny model of ``tiny_model_pvc`` into the PVC "artifacts"."""
+    spec = {
+        "model": {"path": f"{models}/tiny"},
+        "volumes": [{"name": "models", "claimName": "models", "mountPath": models}],
+        "datasets": [{"builtin": "minion-handbook"}],
+        "lora": TINY_LORA,
+        "evaluation": {"heldOutItems": 4, "generation": {"maxNewTokens": 8}},
+        # The process node advertises GPUs it does not have: the run asks for one and allows the CPU.
+        "resources": {"gpu": 1, "cpuFallback": True, "cpu": "1", "memory": "2Gi"},
+        "output": {"claimName": "artifacts"},
+    }
+    spec.update(overrides)
+    return {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": {"name": name},
+            "spec": spec}
+
+
+def trainer_pid(kubectl: Kubectl, namespace: str, name: str) -> int:
+    """The process group of the run's newest running trainer pod: the test node runs each pod as a local
+    process group whose id is in the container ID (``lora-test://<pid>``)."""
+    pods = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={name}-train",
+                                  "-o", "yaml"))["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running"
+               and (p["status"].get("containerStatuses") or [{}])[0].get("containerID")]
+    pod = max(running, key=lambda p: p["metadata"]["creationTimestamp"])
+    return int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("lora-test://"))
+
+
+@contextmanager
+def frozen_trainer(kubectl: Kubectl, namespace: str, name: str) -> Iterator[int]:
+    """The run's trainer stopped (SIGSTOP) inside the block: the tiny model trains 50 steps a second, so a
+    test that needs the trainer to outlast an operator restart holds it still instead of racing it. Yields
+    the process group id; a group killed inside the block (its pod deleted) is fine."""
+    pid = trainer_pid(kubectl, namespace, name)
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGCONT)
+
+
+def training_step(kubectl: Kubectl, namespace: str, name: str) -> int:
+    return (kubectl.status(namespace, name).get("trainer") or {}).get("trainingStep") or 0
 
 
 @pytest.fixture

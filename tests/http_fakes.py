@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,13 +42,25 @@ def completion(content: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _serving(handler: Any) -> Iterator[str]:
+def _serving(handler: Any, tls_dir: Path | None = None) -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), handler)
+    if tls_dir:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_dir / "tls.crt", tls_dir / "tls.key")
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"{'https' if tls_dir else 'http'}://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+
+
+@contextmanager
+def serve_https(handler: Any, tls_dir: Path) -> Iterator[str]:
+    """``handler`` over https with ``tls_dir``'s tls.crt and tls.key (``tests.conftest.make_tls``), for callers
+    that insist on TLS, such as the apiserver calling a webhook; yields the base URL."""
+    with _serving(handler, tls_dir) as base:
+        yield base
 
 
 @contextmanager

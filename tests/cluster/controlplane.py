@@ -211,6 +211,8 @@ class ControlPlane(Started):
         self.kubeconfig = Path()
         self.server = ""
         self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self._args: dict[str, list[str]] = {}  # each process's flags, for restart()
+        self._ready: dict[str, Callable[[], bool]] = {}
 
     def api_client(self) -> client.ApiClient:
         """A fresh admin client for the cluster."""
@@ -264,7 +266,8 @@ class ControlPlane(Started):
             f"--initial-cluster=default={peer_url}", "--initial-cluster-state=new",
             "--unsafe-no-fsync",  # throwaway data: fsync only slows tests down
         ])  # fmt: skip
-        self._wait("etcd", 30, lambda: _http_ok(f"127.0.0.1:{etcd_port}", "/health", None))
+        self._ready["etcd"] = lambda: _http_ok(f"127.0.0.1:{etcd_port}", "/health", None)
+        self._wait("etcd", 30, self._ready["etcd"])
 
         if self.advertise_address:
             network = [
@@ -289,7 +292,8 @@ class ControlPlane(Started):
         ])  # fmt: skip
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        self._wait("kube-apiserver", 90, lambda: _http_ok(f"127.0.0.1:{api_port}", "/readyz", ctx))
+        self._ready["kube-apiserver"] = lambda: _http_ok(f"127.0.0.1:{api_port}", "/readyz", ctx)
+        self._wait("kube-apiserver", 90, self._ready["kube-apiserver"])
 
         kube = ["--kubeconfig", "--authentication-kubeconfig", "--authorization-kubeconfig"]
         kube_args = [f"{flag}={self.kubeconfig}" for flag in kube]
@@ -317,8 +321,22 @@ class ControlPlane(Started):
         elif self.workdir is not None:
             print(f"control plane files kept in {self.workdir}", file=sys.stderr)
 
+    def stop_process(self, name: str) -> None:
+        """Stop one control-plane process (SIGTERM, as systemd or the kubelet would); its data stays."""
+        entry = next(e for e in self._procs if e[0] == name)
+        terminate_group(entry[1], grace=10)
+        self._procs.remove(entry)
+
+    def start_process(self, name: str) -> None:
+        """Start a process ``stop_process`` stopped again, with the same flags, ports and data dir (etcd keeps
+        its data), and wait until it serves and so does the apiserver (which needs etcd)."""
+        self._spawn(name, self._args[name])
+        for what, ready in self._ready.items():
+            self._wait(what, 90, ready)
+
     def _spawn(self, name: str, args: list[str]) -> None:
         assert self.workdir is not None
+        self._args[name] = args
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
             proc = subprocess.Popen(

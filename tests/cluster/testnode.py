@@ -780,6 +780,12 @@ class NodeProcess:
         if self.process is not None:
             terminate_group(self.process, grace=20)
 
+    def restart(self) -> None:
+        """Stop the agent (its pods' processes end with it) and start it again: it registers its Node anew,
+        as a restarted kubelet does after its Node object was deleted."""
+        self.__exit__(None, None, None)
+        self.__enter__()
+
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None
         core = client.CoreV1Api(self.control_plane.api_client())

@@ -9,63 +9,32 @@ GPU requests schedule as on a GPU node and the trainer then takes its CPU path.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, pvc, wait_for
+from tests.conftest import (
+    TINY_LORA,
+    StatusRecorder,
+    assert_succeeded_with_results,
+    frozen_trainer,
+    pvc,
+    tiny_run,
+    training_step,
+    wait_for,
+)
 from tests.http_fakes import completion
-from tests.trainer.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
 
 
-@pytest.fixture
-def tiny_model_pvc(kubectl, namespace, test_node) -> str:
-    """A PVC "models" holding a tiny Llama in tiny/, as a model store would; returns the volume's path.
-
-    The test node runs pods as local processes and rewrites mount paths only in the command and
-    environment, not inside the mounted spec file, so the run mounts the volume at its real path.
-    """
-    kubectl.apply(pvc("models"), namespace)
-    root = kubectl.bound_dir(namespace, "models")
-    texts = (ROOT / "trainer-image/lora_trainer/data/minion_handbook.jsonl").read_text().splitlines()
-    build_tiny_model(root / "tiny", texts)
-    return str(root)
-
-
-TINY_LORA = {"maxSteps": 120, "batchSize": 4, "gradientAccumulationSteps": 1, "learningRate": 0.005,
-             "loggingSteps": 5, "evalSteps": 40, "saveSteps": 40, "maxLength": 128,
-             "targetModules": ["q_proj", "v_proj"]}
-
-
-def _tiny_run(name: str, models: str, **overrides) -> dict:
-    spec = {
-        "model": {"path": f"{models}/tiny"},
-        "volumes": [{"name": "models", "claimName": "models", "mountPath": models}],
-        "datasets": [{"builtin": "minion-handbook"}],
-        "lora": TINY_LORA,
-        "evaluation": {"heldOutItems": 4, "generation": {"maxNewTokens": 8}},
-        # The process node advertises GPUs it does not have: the run asks for one and allows the CPU.
-        "resources": {"gpu": 1, "cpuFallback": True, "cpu": "1", "memory": "2Gi"},
-        "output": {"claimName": "artifacts"},
-    }
-    spec.update(overrides)
-    return {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": {"name": name},
-            "spec": spec}
-
-
 def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, namespace, tiny_model_pvc, test_node):
     kubectl.apply(pvc("artifacts"), namespace)
     recorder = StatusRecorder(kubectl, namespace, "tiny")
-    kubectl.apply(_tiny_run("tiny", tiny_model_pvc), namespace)
+    kubectl.apply(tiny_run("tiny", tiny_model_pvc), namespace)
     recorder.start()
     recorder.join(timeout=600)
     status = kubectl.status(namespace, "tiny")
@@ -90,42 +59,23 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
     assert (artifacts / "report.json").exists()
 
 
-@contextmanager
-def frozen_trainer(kubectl, namespace: str, name: str) -> Iterator[None]:
-    """The run's trainer stopped (SIGSTOP) inside the block: the tiny model trains 50 steps a second, so a
-    test that needs the trainer to outlast an operator restart holds it still instead of racing it. The test
-    node runs each pod as a local process group whose id is in the container ID (``lora-test://<pid>``)."""
-    pod = yaml.safe_load(kubectl("get", "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={name}-train",
-                                 "-o", "yaml"))["items"][0]
-    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("lora-test://"))
-    os.killpg(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(pid, signal.SIGCONT)
-
-
-def _training_step(kubectl, namespace: str, name: str) -> int:
-    return (kubectl.status(namespace, name).get("trainer") or {}).get("trainingStep") or 0
-
-
 def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, tiny_model_pvc, test_node):
     """A restarted operator adopts the running Job (no second one), the trainer's reports resume where they
     were and nothing goes backwards; deleting the run removes Job and pods."""
     kubectl.apply(pvc("artifacts"), namespace)
     recorder = StatusRecorder(kubectl, namespace, "restart")
-    kubectl.apply(_tiny_run("restart", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 1000}),
+    kubectl.apply(tiny_run("restart", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 1000}),
                   namespace)
     recorder.start()
-    wait_for("training reported", lambda: _training_step(kubectl, namespace, "restart") > 0, timeout=180,
+    wait_for("training reported", lambda: training_step(kubectl, namespace, "restart") > 0, timeout=180,
              interval=0.2)
     with frozen_trainer(kubectl, namespace, "restart"):
         operator.stop()
     time.sleep(4)  # the trainer trains on; its reports (every 3 s at most) are refused and back off
     with frozen_trainer(kubectl, namespace, "restart"):
-        at_stop = _training_step(kubectl, namespace, "restart")
+        at_stop = training_step(kubectl, namespace, "restart")
         operator.start()  # the trainer's backoff runs out meanwhile: its next report goes out at once
-    wait_for("reports after the restart", lambda: _training_step(kubectl, namespace, "restart") > at_stop or
+    wait_for("reports after the restart", lambda: training_step(kubectl, namespace, "restart") > at_stop or
              kubectl.status(namespace, "restart").get("phase") == "Succeeded", timeout=180, interval=0.2)
     recorder.join(timeout=600)
     status = kubectl.status(namespace, "restart")
@@ -153,7 +103,7 @@ def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, ti
 def test_invalid_dataset_fails_fast_with_the_trainer_message(kubectl, operator, namespace, tiny_model_pvc,
                                                              overrides, says):
     kubectl.apply(pvc("artifacts"), namespace)
-    kubectl.apply(_tiny_run("broken", tiny_model_pvc, runtime={"backoffLimit": 3}, **overrides), namespace)
+    kubectl.apply(tiny_run("broken", tiny_model_pvc, runtime={"backoffLimit": 3}, **overrides), namespace)
 
     def failed():
         s = kubectl.status(namespace, "broken")
@@ -173,7 +123,7 @@ def test_final_metrics_arrive_through_the_termination_message_when_the_operator_
     kubectl, operator, namespace, tiny_model_pvc, test_node
 ):
     kubectl.apply(pvc("artifacts"), namespace)
-    kubectl.apply(_tiny_run("cut", tiny_model_pvc), namespace)
+    kubectl.apply(tiny_run("cut", tiny_model_pvc), namespace)
     wait_for("the trainer's first report", lambda: any(
         s.get("state") != "Pending" for s in (kubectl.status(namespace, "cut").get("trainer") or {}).get("steps", [])),
         timeout=180, interval=0.2)
@@ -204,7 +154,7 @@ def test_secrets_reach_the_trainer_and_nothing_else(kubectl, operator, namespace
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
                    "stringData": {"judge": key, "hub": token}}, namespace)
-    kubectl.apply(_tiny_run("secret", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 10},
+    kubectl.apply(tiny_run("secret", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 10},
                             hubTokenSecret={"name": "creds", "key": "hub"},
                             evaluation={"heldOutItems": 2, "generation": {"maxNewTokens": 8}, "grader": {
                                 "type": "llmJudge", "endpoint": judge_server.url, "model": "judge",

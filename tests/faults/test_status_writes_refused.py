@@ -1,0 +1,105 @@
+"""Fault 5: the operator's status writes answered 409 Conflict and 429 Too Many Requests mid-run.
+
+The apiserver answers them: a validating admission webhook on ``loratrainingjobs/status`` (this namespace
+only) refuses the next writes with those codes, which the apiserver passes back to the writer as they are,
+the way a conflicting writer or API Priority and Fairness would answer."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import StatusRecorder, assert_succeeded_with_results, make_tls, pvc, tiny_run
+from tests.faults.conftest import Row, assert_once, children, event_counts, first_checkpoint, outcome, terminal
+from tests.http_fakes import serve_https
+
+pytestmark = pytest.mark.integration
+REASONS = {409: "Conflict", 429: "TooManyRequests"}
+WEBHOOK = "lora-faults-status-refuser"
+
+
+class StatusRefuser(BaseHTTPRequestHandler):
+    """Answers AdmissionReviews: the next writes get ``codes`` in turn, then every write is allowed.
+    A subclass per test keeps these class attributes its own."""
+
+    codes: list[int] = []
+    answered: list[int] = []
+
+    def do_POST(self) -> None:
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": True}
+        if self.codes:
+            code = self.codes.pop(0)
+            self.answered.append(code)
+            response.update(allowed=False, status={"code": code, "reason": REASONS[code],
+                                                   "message": f"refused by the fault suite ({code})"})
+        payload = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                              "response": response}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def refuser(kubectl, namespace, tmp_path: Path) -> Iterator[type[StatusRefuser]]:
+    """The webhook, registered for this namespace's status writes (failurePolicy Ignore: never blocks others)."""
+    tls = make_tls(tmp_path / "webhook-tls", "127.0.0.1")
+    handler = type("Refuser", (StatusRefuser,), {"codes": [], "answered": []})
+    with serve_https(handler, tls) as url:
+        kubectl.apply({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": WEBHOOK},
+            "webhooks": [{
+                "name": "status-refuser.faults.lora.airepublic.io",
+                "clientConfig": {"url": url, "caBundle": base64.b64encode((tls / "ca.crt").read_bytes()).decode()},
+                "rules": [{"apiGroups": ["lora.airepublic.io"], "apiVersions": ["*"], "operations": ["UPDATE"],
+                           "resources": ["loratrainingjobs/status"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore",
+                "timeoutSeconds": 5,
+            }],
+        }, namespace)
+        try:
+            yield handler
+        finally:
+            kubectl("delete", "validatingwebhookconfiguration", WEBHOOK)
+
+
+def test_status_writes_answered_409_and_429(kubectl, operator, namespace, tiny_model_pvc, test_node, refuser,
+                                            fault_log):
+    name = "refused"
+    kubectl.apply(pvc("artifacts"), namespace)
+    recorder = StatusRecorder(kubectl, namespace, name)
+    recorder.start()
+    kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
+    first_checkpoint(kubectl, namespace, name)
+    refuser.codes.extend([409, 429] * 3)  # the next six status writes, reports and the operator's own alike
+    injected = time.monotonic()
+    status, done = terminal(kubectl, namespace, name)
+    recorder.join(timeout=60)
+    assert_succeeded_with_results(status, namespace, name)
+    assert {409, 429} <= set(refuser.answered), refuser.answered
+    log = "".join(p.read_text() for p in operator.log_dir.glob("operator-*.log"))
+    assert "refused by the fault suite" in log  # the refusals reached the operator, which wrote again
+    progresses = [s["progress"] for s in recorder.seen if s["progress"] is not None]
+    assert progresses == sorted(progresses), recorder.seen
+    assert children(kubectl, namespace, name) == (1, 1)
+    events = event_counts(kubectl, namespace, name, "Awarded")
+    assert_once(events, "JobCreated", "Running", "Succeeded", "Awarded")
+    refused = ", ".join(f"{n} x {code}" for code in REASONS if (n := refuser.answered.count(code)))
+    fault_log.record(Row(5, "status writes answered 409 and 429 (an admission webhook refuses the next six)",
+                         "written again after a pause; nothing regresses; Succeeded with metrics and XP",
+                         f"refused: {refused}; " + outcome(kubectl, namespace, name, status, events),
+                         round(done - injected, 1)))
