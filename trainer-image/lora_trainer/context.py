@@ -62,7 +62,6 @@ class TrainingPlan:
     train_rows: list[dict[str, list[int]]]
     eval_rows: list[dict[str, list[int]]]
     collator: Any
-    packing: bool
 
 
 @dataclass

@@ -20,7 +20,6 @@ from lora_trainer.events import format_duration
 from lora_trainer.loss import LabelledLogitsTrainer
 from lora_trainer.memory_ladder import is_out_of_memory, use_less_memory
 from lora_trainer.modeling import release_memory
-from lora_trainer.packed_attention import per_item_attention
 
 
 def run(ctx: RunContext) -> str:
@@ -42,8 +41,7 @@ def run(ctx: RunContext) -> str:
         )
         trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the events replace it
         try:
-            with per_item_attention(model, use=plan.packing and not torch.cuda.is_available()):
-                result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             break
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):

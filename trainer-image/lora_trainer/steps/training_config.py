@@ -137,7 +137,7 @@ def run(ctx: RunContext) -> str:
     gpus = args.train_batch_size * args.world_size // r.batch_size
     batch = r.batch_size * gpus
     total = optimizer_steps(len(train_rows), batch, r.gradient_accumulation_steps, r.epochs, lora.max_steps)
-    ctx.plan = TrainingPlan(args, train_rows, eval_rows, collator(ctx.tokenizer, packing), packing)
+    ctx.plan = TrainingPlan(args, train_rows, eval_rows, collator(ctx.tokenizer, packing))
     precision = "bf16" if r.bf16 else "fp16" if r.fp16 else "fp32"
     warmup = f"{lora.warmup_steps} steps" if lora.warmup_steps is not None else f"{lora.warmup_ratio:.0%}"
     parts = [
@@ -147,7 +147,7 @@ def run(ctx: RunContext) -> str:
         + ("(maxSteps)" if lora.max_steps else f"({r.epochs:g} epochs of {len(train_rows)} items)"),
         f"lr {lora.learning_rate:g} {lora.lr_scheduler_type}, warmup {warmup}, {precision}",
         f"loss on {'answers only' if lora.completion_only_loss else 'all tokens'}, "
-        f"packing {'off' if not packing else 'on (padding-free)' if cuda else 'on (padding-free, attention per item)'}"
+        f"packing {'on (padding-free)' if packing else 'off'}"
         + ("" if lora.packing is not None else " (default)" if packing else " (several GPUs split rows)"),
     ]
     if args.load_best_model_at_end:
