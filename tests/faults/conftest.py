@@ -136,6 +136,8 @@ def verified_artifacts(out: Path, status: dict) -> str:
     on_disk = {str(p.relative_to(out)) for folder in ("adapter", "merged") for p in (out / folder).rglob("*")
                if p.is_file()}
     assert on_disk == set(listed), (on_disk ^ set(listed))
+    leftovers = sorted(p.name for p in out.glob("*.partial"))
+    assert not leftovers, f"a killed attempt's unfinished writes outlived the run: {leftovers}"
     bad = [path for path, f in listed.items()
            if (out / path).stat().st_size != f["bytes"] or sha256(out / path) != f["sha256"]]
     assert not bad, bad

@@ -51,7 +51,8 @@ def test_trainer_pod_deleted_mid_training(kubectl, operator, namespace, tiny_mod
 
 
 def test_trainer_killed_inside_the_save_step(kubectl, operator, namespace, tiny_model_pvc, test_node, fault_log):
-    """SIGKILL (an OOM kill, a node crash) once step 5 has begun writing adapter/ and before its manifest."""
+    """SIGKILL (an OOM kill, a node crash) while step 5 writes the adapter: it goes to adapter.partial/ and is
+    renamed adapter/ only when complete, so the killed attempt leaves nothing that looks finished."""
     name = "halfsaved"
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
@@ -60,10 +61,11 @@ def test_trainer_killed_inside_the_save_step(kubectl, operator, namespace, tiny_
     os.killpg(pgid, signal.SIGSTOP)
     last = tiny_run(name, tiny_model_pvc)["spec"]["lora"]["maxSteps"]
     run_until(pgid, lambda: last - 40 in complete_checkpoints(out), slice_s=0.05)
-    # From here in 2 ms slices, so the kill lands inside step 5 (it takes far longer than a slice).
-    run_until(pgid, lambda: (out / "adapter").exists(), slice_s=0.002)
-    assert not (out / "manifest.json").exists(), "the save step finished within one slice"
-    written = sorted(p.name for p in (out / "adapter").iterdir())
+    # From here in 2 ms slices, so the kill lands while the adapter is being written (far longer than a slice).
+    staging = out / "adapter.partial"
+    run_until(pgid, lambda: staging.is_dir() and any(staging.iterdir()), slice_s=0.002)
+    assert not (out / "adapter").exists() and not (out / "manifest.json").exists(), "the adapter was already saved"
+    written = sorted(p.name for p in staging.iterdir())
     os.killpg(pgid, signal.SIGKILL)
     injected = time.monotonic()
     status, done = terminal(kubectl, namespace, name)
@@ -72,7 +74,7 @@ def test_trainer_killed_inside_the_save_step(kubectl, operator, namespace, tiny_
     assert children(kubectl, namespace, name) == (1, 2)  # the killed pod (Failed) and the retry
     events = event_counts(kubectl, namespace, name, "Awarded")
     assert_once(events, "JobCreated", "Succeeded", "Awarded")
-    fault_log.record(Row(3.1, f"the trainer SIGKILLed inside the save step (adapter/ held {written or 'nothing'}, "
-                              "no manifest yet)",
+    fault_log.record(Row(3.1, f"the trainer SIGKILLed while saving the adapter (adapter.partial/ held {written}, "
+                              "no adapter/ or manifest yet)",
                          "the retry resumes from the last checkpoint and saves again; only whole artifacts reported",
                          outcome(kubectl, namespace, name, status, events), round(done - injected, 1)))

@@ -32,10 +32,12 @@ from lora_contract.progress import (
 from lora_trainer.cli import main
 from lora_trainer.context import RunContext
 from lora_trainer.events import ConsoleSink, Emitter, JsonlSink
+from lora_trainer.layout import write_atomically
 from lora_trainer.modeling import load_model
 from lora_trainer.pipeline import EXECUTION_ORDER, STEP_RUNNERS, PipelineResult, run_pipeline
 from lora_trainer.steps import model as model_step
 from lora_trainer.steps import training_config, validation
+from lora_trainer.steps.saving import staged
 from tests.trainer.conftest import tiny_spec, tiny_spec_dict
 
 
@@ -147,6 +149,23 @@ def test_artifacts_manifest_and_report(finished: Run) -> None:
     assert (out / "termination-log").read_text() == final_summary(finished.status)
     stats = json.loads((out / "dataset-stats.json").read_text())
     assert stats["train"] == 54 and stats["validation"] == 6
+
+
+def test_artifacts_get_their_names_only_when_complete(tmp_path: Path) -> None:
+    """A pod killed mid-save leaves adapter.partial/ and no manifest; the retry replaces both attempts."""
+    folder = tmp_path / "adapter"
+    with pytest.raises(RuntimeError), staged(folder) as partial:  # the killed attempt
+        (partial / "adapter_model.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert not folder.exists() and (tmp_path / "adapter.partial" / "adapter_model.safetensors").is_file()
+    folder.mkdir()  # and an adapter of an earlier attempt that got that far
+    (folder / "stale.bin").write_bytes(b"old")
+    with staged(folder) as partial:
+        (partial / "adapter_model.safetensors").write_bytes(b"whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+    assert [p.name for p in folder.iterdir()] == ["adapter_model.safetensors"]
+    write_atomically(tmp_path / "manifest.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "manifest.json"]
 
 
 def test_events_file_is_the_same_stream(finished: Run) -> None:

@@ -26,7 +26,7 @@ from lora_contract.xp import xp_for
 from lora_trainer.context import RunContext
 from lora_trainer.errors import EXIT_FAILED, EXIT_OK, StepError, exit_code
 from lora_trainer.events import Emitter, Sink
-from lora_trainer.layout import OutputLayout
+from lora_trainer.layout import OutputLayout, write_atomically
 from lora_trainer.steps import (
     after_metrics,
     before_metrics,
@@ -82,7 +82,7 @@ class PipelineResult:
 
 def _write_results(result: PipelineResult, output_dir: Path) -> None:
     report = {"trainer": dump_status(result.status), "xp": result.xp, "exitCode": result.exit_code}
-    OutputLayout(output_dir).report.write_text(json.dumps(report, indent=2))
+    write_atomically(OutputLayout(output_dir).report, json.dumps(report, indent=2))
     termination = os.environ.get(TERMINATION_MESSAGE_ENV)
     if termination:
         Path(termination).write_text(final_summary(result.status))

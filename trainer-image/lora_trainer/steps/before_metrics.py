@@ -24,6 +24,7 @@ from lora_trainer.events import format_duration
 from lora_trainer.generation import context_limit
 from lora_trainer.grader import make_grader
 from lora_trainer.growth import reporting_growth
+from lora_trainer.layout import write_atomically
 from lora_trainer.modeling import load_model, resolve_source
 from lora_trainer.profiles import check_requested_gpus
 
@@ -38,7 +39,7 @@ def measure(ctx: RunContext, model: Any, which: str, loss: tuple[float | None, f
     scores = graded.scores.model_copy(update={"eval_loss": loss[0], "perplexity": loss[1]})
     ctx.layout.evaluation.mkdir(exist_ok=True)
     record = {"key": key, "scores": scores.model_dump(mode="json", by_alias=True), "answers": graded.records}
-    ctx.layout.evaluation_record(which).write_text(json.dumps(record, indent=2))
+    write_atomically(ctx.layout.evaluation_record(which), json.dumps(record, indent=2))
     return scores
 
 

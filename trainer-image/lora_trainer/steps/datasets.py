@@ -13,6 +13,7 @@ from lora_trainer import refine
 from lora_trainer.context import PreparedData, RunContext
 from lora_trainer.errors import InvalidInput
 from lora_trainer.formats import Example, RowError, encode, to_example
+from lora_trainer.layout import write_atomically
 from lora_trainer.modeling import load_tokenizer
 from lora_trainer.sources import read_source
 
@@ -103,5 +104,5 @@ def summary(stats: dict[str, Any]) -> str:
 def run(ctx: RunContext) -> str:
     ctx.tokenizer, notes = load_tokenizer(ctx.spec.model)
     ctx.data = prepare(ctx.spec, ctx.tokenizer)
-    ctx.layout.dataset_stats.write_text(json.dumps(ctx.data.stats, indent=2))
+    write_atomically(ctx.layout.dataset_stats, json.dumps(ctx.data.stats, indent=2))
     return "; ".join([summary(ctx.data.stats), *notes])

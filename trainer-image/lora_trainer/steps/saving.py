@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from lora_contract.api import Artifacts
 from lora_contract.progress import now_iso
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
+from lora_trainer.layout import staging, write_atomically
 from lora_trainer.modeling import load_model, resolve_source
 
 PROBE_TOKENS = 64
@@ -69,6 +73,18 @@ def _merged(ctx: RunContext, adapter_dir: Path) -> Any:
     return ctx.model.merge_and_unload()
 
 
+@contextmanager
+def staged(folder: Path) -> Iterator[Path]:
+    """A folder to write ``folder`` into, renamed to it when the block completes. An earlier attempt's copy
+    is removed first: it is being replaced, and keeping it until the rename would need the disk twice."""
+    partial = staging(folder)
+    for old in (folder, partial):
+        shutil.rmtree(old, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    partial.rename(folder)
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
@@ -79,10 +95,12 @@ def human_bytes(count: int) -> str:
 
 def run(ctx: RunContext) -> str:
     model, out, layout = ctx.lora_model, ctx.output_dir, ctx.layout
+    layout.manifest.unlink(missing_ok=True)  # an earlier attempt's: it would vouch for folders being rewritten
     adapter_dir = layout.adapter
-    model.save_pretrained(str(adapter_dir))
-    ctx.tokenizer.save_pretrained(str(adapter_dir))
-    tensors = verify_saved(adapter_dir, get_peft_model_state_dict(model), "adapter")
+    with staged(adapter_dir) as partial:
+        model.save_pretrained(str(partial))
+        ctx.tokenizer.save_pretrained(str(partial))
+        tensors = verify_saved(partial, get_peft_model_state_dict(model), "adapter")
     parts = [f"adapter ({tensors} tensors, {human_bytes(folder_bytes(adapter_dir))}) in {adapter_dir}"]
 
     probe = _probe(ctx).to(next(model.parameters()).device)
@@ -96,9 +114,10 @@ def run(ctx: RunContext) -> str:
         merged_dir = layout.merged
         merged = _merged(ctx, adapter_dir)
         merged.config.use_cache = True  # training turns the KV cache off; generation wants it
-        merged.save_pretrained(str(merged_dir))
-        ctx.tokenizer.save_pretrained(str(merged_dir))
-        tensors = verify_saved(merged_dir, merged.state_dict(), "merged model")
+        with staged(merged_dir) as partial:
+            merged.save_pretrained(str(partial))
+            ctx.tokenizer.save_pretrained(str(partial))
+            tensors = verify_saved(partial, merged.state_dict(), "merged model")
         folders.append(merged_dir)
         ctx.artifacts.merged = str(merged_dir)
         parts.append(f"merged model ({tensors} tensors, {human_bytes(folder_bytes(merged_dir))}) in {merged_dir}")
@@ -108,6 +127,6 @@ def run(ctx: RunContext) -> str:
     ctx.model = ctx.loaded = None
     info = {"baseModel": resolve_source(ctx.spec.model).describe(), "fingerprint": ctx.fingerprint}
     listing = manifest(out, folders, info)
-    layout.manifest.write_text(json.dumps(listing, indent=2))
+    write_atomically(layout.manifest, json.dumps(listing, indent=2))
     parts.append(f"manifest of {len(listing['files'])} files; reload verified")
     return "; ".join(parts)

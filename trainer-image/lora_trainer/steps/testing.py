@@ -11,6 +11,7 @@ import json
 from lora_trainer.context import RunContext
 from lora_trainer.formats import render_prompt
 from lora_trainer.generation import context_limit, generate_many
+from lora_trainer.layout import write_atomically
 from lora_trainer.text import stems, words
 from lora_trainer.text_metrics import keyword_recall, missing_keywords
 
@@ -44,8 +45,8 @@ def run(ctx: RunContext) -> str:
         "longPrompt": {"promptTokens": long.original_prompt_tokens, "keptTokens": long.prompt_tokens,
                        "answerWords": len(words(long.text)), "answer": long.text},
     }
-    ctx.layout.evaluation_record("testing").write_text(json.dumps({"queries": queries, "edgeCases": edge},
-                                                                            indent=2))
+    write_atomically(ctx.layout.evaluation_record("testing"), json.dumps({"queries": queries, "edgeCases": edge},
+                                                                         indent=2))
     parts = []
     if queries:
         share = f" ({100 * hits / asked:.0f}%)" if asked else ""
