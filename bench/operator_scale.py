@@ -146,6 +146,7 @@ def measure(cp: ControlPlane, kubectl: Kubectl, variant: Variant, index: int, ar
         os.environ["PYTHONPATH"] = f"{variant.source / 'contract'}:{variant.source / 'operator'}"
     else:
         os.environ.pop("PYTHONPATH", None)
+    (tmp / ns).mkdir()
     operator = OperatorProcess(cp, tmp / ns, kubeconfig=kubeconfig, tls_dir=tls)
     operator.start()
     assert operator.proc is not None
