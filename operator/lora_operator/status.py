@@ -100,9 +100,23 @@ def _failure_detail(pods: list[dict[str, Any]]) -> tuple[str, str]:
 # The trainer is done and the Job controller has not marked the Job Complete yet.
 _FINISHING = Observation("Running", R.FINISHING, "the trainer finished; the Job is completing")
 
+# The Job controller's finalizer on its pods: it stays until the controller has counted the pod's end.
+_TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
 
-def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool = False) -> Observation:
-    """Where the run is, from the Job and its pods alone."""
+
+def _uncounted_failure(job: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """A failed pod the Job controller has not acted on: it names the pod in ``uncountedTerminatedPods``
+    in the same status write that says whether the Job fails (FailureTarget), before it drops the finalizer."""
+    if (pod.get("status") or {}).get("phase") != "Failed" or \
+            _TRACKING_FINALIZER not in (pod["metadata"].get("finalizers") or ()):
+        return False
+    uncounted = ((job.get("status") or {}).get("uncountedTerminatedPods") or {}).get("failed") or ()
+    return pod["metadata"].get("uid") not in uncounted
+
+
+def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool = False) -> Observation | None:
+    """Where the run is, from the Job and its pods alone; None while they say nothing new (a pod failed and
+    the Job controller has yet to decide between a retry and failing the Job)."""
     if job is None:
         return Observation("Pending", R.JOB_NOT_CREATED, "the training Job is being created")
     conds = _true_conditions(job)
@@ -129,8 +143,9 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
             return Observation("Suspended", R.QUEUED, "waiting for admission by Kueue")
         return Observation("Suspended", R.SUSPENDED, "the Job is suspended (spec.suspend)")
 
-    live = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")
-            and not p["metadata"].get("deletionTimestamp")]
+    # A pod being deleted counts until it has stopped: the Job controller deletes the pod of a Job past its
+    # deadline before it writes FailureTarget, and replaces a deleted pod only once it has failed.
+    live = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")]
     pod = _newest(live)
     failed = (job.get("status") or {}).get("failed") or 0
     retry = f" (retry {failed} after a failed pod)" if failed else ""
@@ -138,10 +153,14 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
         if any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
             # The pod is done; the Job controller marks the Job Complete a moment later.
             return _FINISHING
+        if any(_uncounted_failure(job, p) for p in pods):
+            return None
         return Observation("Pending", R.CREATING_POD, "waiting for the trainer pod" + retry)
     status = pod.get("status") or {}
     if status.get("phase") == "Running":
-        return Observation("Running", R.TRAINER_RUNNING, f"pod {pod['metadata']['name']} is running" + retry)
+        deleting = "; it is being deleted" if pod["metadata"].get("deletionTimestamp") else ""
+        return Observation("Running", R.TRAINER_RUNNING,
+                           f"pod {pod['metadata']['name']} is running" + retry + deleting)
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return Observation("Pending", cond.get("reason") or R.UNSCHEDULABLE, cond.get("message") or "")
@@ -279,9 +298,10 @@ def reconcile_status(
     new = status.model_copy(deep=True)
     obs = job_gone(status) if job is None and status.job_name and old_phase not in TERMINAL \
         else observe(job, pods, queued)
-    if old_phase in TERMINAL:  # a finished run never changes phase again
+    if old_phase in TERMINAL or obs is None:  # a finished run never changes phase again; no news changes nothing
         ready = next((c for c in status.conditions if c.type == R.READY), None)
-        obs = Observation(old_phase, ready.reason if ready else old_phase, status.message or "")
+        kept = old_phase or "Pending"
+        obs = Observation(kept, ready.reason if ready else kept, status.message or "")
     events: list[KubeEvent] = []
 
     if new.trainer is None:

@@ -251,3 +251,65 @@ def test_a_job_gone_before_its_end_is_never_recreated_and_ends_the_run() -> None
         c for c in patch["conditions"] if c["type"] == "Ready")["reason"] == "Succeeded"
     # Before the Job was ever created, no Job is just that.
     assert _reconcile({}, None, [])[0]["phase"] == "Pending"
+
+
+_TRACKING = "batch.kubernetes.io/job-tracking"  # the Job controller's finalizer on every pod it counts
+
+
+def _tracked(pod, uid="uid-1", deleted=False, finalizer=True):
+    """``pod`` as the Job controller's pods are: a UID, its tracking finalizer until counted, maybe deleted."""
+    meta = dict(pod["metadata"], uid=uid, finalizers=[_TRACKING] if finalizer else [])
+    if deleted:
+        meta["deletionTimestamp"] = "2026-01-01T11:59:59Z"
+    return {**pod, "metadata": meta}
+
+
+def _phases(steps) -> list[str]:
+    """The phase Events a run posts over a sequence of (Job, pods) looks, as the operator's syncs see them."""
+    status: dict = {}
+    posted = []
+    for i, (job, pods) in enumerate(steps):
+        patch, events = _reconcile(status, job, pods, now=NOW + timedelta(seconds=i))
+        status = {**status, **patch}
+        posted += [e.reason for e in events if e.reason in ("Pending", "Running", "Succeeded", "Failed")]
+    return posted
+
+
+def test_a_pod_the_job_deletes_at_its_deadline_does_not_make_the_run_pending() -> None:
+    """The Job controller deletes the active pod first and writes FailureTarget (DeadlineExceeded) right after:
+    a sync in between sees a terminating pod and a Job that says nothing yet. The pod then fails, is counted
+    (its UID in uncountedTerminatedPods, its finalizer removed) and goes; then the Job is Failed."""
+    deadline = {"type": "FailureTarget", "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline"}
+    failed = {**deadline, "type": "Failed"}
+    running = _tracked(_pod("Running"))
+    deleted = _tracked(_pod("Running"), deleted=True)
+    killed = _tracked(_pod("Failed", terminated={"exitCode": 143, "reason": "Error"}), deleted=True)
+    counting = _job([deadline])
+    counting["status"]["uncountedTerminatedPods"] = {"failed": ["uid-1"]}
+    steps = [(_job(), []), (_job(), [running]), (_job(), [deleted]), (counting, [deleted]),
+             (counting, [killed]), (_job([deadline], failed=1), [_tracked(killed, finalizer=False)]),
+             (_job([deadline, failed], failed=1), [])]
+    assert _phases(steps) == ["Pending", "Running", "Failed"]
+    obs = observe(_job(), [deleted])
+    assert (obs.phase, obs.reason) == ("Running", "TrainerRunning") and "being deleted" in obs.message
+
+
+def test_a_failed_pod_the_job_has_not_counted_yet_changes_nothing() -> None:
+    """Backoff exhausted: the pod fails on its own and the Job's next status names it and FailureTarget at once;
+    a sync in between must not call the run Pending. A retry is Pending once the Job has counted the pod."""
+    crashed = _tracked(_pod("Failed", terminated={"exitCode": 1, "reason": "Error"}))
+    assert observe(_job(), [crashed]) is None
+    exhausted = _job([{"type": "FailureTarget", "reason": "BackoffLimitExceeded"}])
+    exhausted["status"]["uncountedTerminatedPods"] = {"failed": ["uid-1"]}
+    steps = [(_job(), [_tracked(_pod("Running"))]), (_job(), [crashed]), (exhausted, [crashed]),
+             (_job([{"type": "FailureTarget", "reason": "BackoffLimitExceeded"}, {
+                 "type": "Failed", "reason": "BackoffLimitExceeded"}], failed=1), [])]
+    assert _phases(steps) == ["Running", "Failed"]
+    retrying = _job(failed=1)
+    retry = [(_job(), [_tracked(_pod("Running"))]), (_job(), [crashed]),
+             (retrying, [_tracked(crashed, finalizer=False)]),
+             (retrying, [_tracked(crashed, finalizer=False), _tracked(_pod(
+                 "Running", name="demo-train-def", created="2026-01-01T11:30:00Z"), uid="uid-2")])]
+    assert _phases(retry) == ["Running", "Pending", "Running"]
+    assert "retry 1" in observe(retrying, [_tracked(crashed, finalizer=False)]).message
