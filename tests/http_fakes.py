@@ -13,7 +13,25 @@ from pathlib import Path
 from typing import Any
 
 
-class Judge(BaseHTTPRequestHandler):
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet handler that reads and answers JSON bodies."""
+
+    def read_json(self) -> Any:
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def send_json(self, status: int, body: Any) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Judge(JsonHandler):
     """Answers every POST with ``reply`` and ``status``; records path, Authorization and body in ``seen``.
     ``judge()`` makes a subclass per server, so those class attributes are that server's."""
 
@@ -23,17 +41,8 @@ class Judge(BaseHTTPRequestHandler):
     url = ""
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        payload = json.dumps(self.reply).encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": self.read_json()})
+        self.send_json(self.status, self.reply)
 
 
 def completion(content: str) -> dict[str, Any]:

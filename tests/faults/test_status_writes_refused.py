@@ -7,10 +7,8 @@ the way a conflicting writer or API Priority and Fairness would answer."""
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +16,14 @@ import pytest
 
 from tests.conftest import StatusRecorder, assert_succeeded_with_results, make_tls, pvc, tiny_run
 from tests.faults.conftest import Row, assert_once, children, event_counts, first_checkpoint, outcome, terminal
-from tests.http_fakes import serve_https
+from tests.http_fakes import JsonHandler, serve_https
 
 pytestmark = pytest.mark.integration
 REASONS = {409: "Conflict", 429: "TooManyRequests"}
 WEBHOOK = "lora-faults-status-refuser"
 
 
-class StatusRefuser(BaseHTTPRequestHandler):
+class StatusRefuser(JsonHandler):
     """Answers AdmissionReviews: the next writes get ``codes`` in turn, then every write is allowed.
     A subclass per test keeps these class attributes its own."""
 
@@ -33,23 +31,14 @@ class StatusRefuser(BaseHTTPRequestHandler):
     answered: list[int] = []
 
     def do_POST(self) -> None:
-        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        review = self.read_json()
         response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": True}
         if self.codes:
             code = self.codes.pop(0)
             self.answered.append(code)
             response.update(allowed=False, status={"code": code, "reason": REASONS[code],
                                                    "message": f"refused by the fault suite ({code})"})
-        payload = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                              "response": response}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 
 
 @pytest.fixture
