@@ -431,6 +431,13 @@ class RuntimeSpec(_Model):
     stall_timeout_seconds: int = Field(900, ge=30,
                                        description="Set the Stalled condition after this long without progress.")
     priority_class_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN)
+    termination_grace_period_seconds: int = Field(
+        120, ge=1, le=1800,
+        description="How long the trainer pod has between SIGTERM (a delete, a node drain, a preemption) and "
+        "SIGKILL. At SIGTERM the trainer finishes the optimizer step in progress, saves a checkpoint and exits "
+        "(143), and the retry resumes there; the pod ends as soon as that is done, so this only caps it. Size it "
+        "for one optimizer step plus one checkpoint save (docs/operations.md); past it, the retry loses the "
+        "steps since the last saveSteps checkpoint.")
 
 
 class LoraTrainingJobSpec(_Model):

@@ -107,8 +107,18 @@ class FailureEvent(_Event):
     message: str
 
 
+class StopEvent(_Event):
+    """A stop signal (a pod deleted, a drain, a preemption, Ctrl-C) ended this attempt inside step ``index``,
+    which stays Active: it is not done, and a retry takes it up again (from the checkpoint the message
+    names, in training)."""
+
+    type: Literal["stop"] = "stop"
+    index: int = Field(ge=0, lt=len(PIPELINE_STEPS))
+    message: str
+
+
 TrainerEvent = Annotated[
-    StepEvent | NoteEvent | TrainEvent | EvalEvent | MetricsEvent | ReportEvent | FailureEvent,
+    StepEvent | NoteEvent | TrainEvent | EvalEvent | MetricsEvent | ReportEvent | FailureEvent | StopEvent,
     Field(discriminator="type"),
 ]
 _EVENT = TypeAdapter(TrainerEvent)
@@ -224,6 +234,9 @@ def reduce(status: TrainerStatus, event: TrainerEvent) -> TrainerStatus:
         new.train_items = event.train_items
         new.artifacts = event.artifacts
     elif isinstance(event, FailureEvent):
+        new.message = _cut(event.message, REPORT_MESSAGE_LIMIT)
+    elif isinstance(event, StopEvent):
+        new.steps[event.index].message = _cut(event.message, STEP_MESSAGE_LIMIT)
         new.message = _cut(event.message, REPORT_MESSAGE_LIMIT)
 
     new.progress = _progress(new.steps, train_fraction)

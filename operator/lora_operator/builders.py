@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from lora_contract import api
+from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT
 
 MANAGED_BY = "lora-operator"
 JOB_LABEL = f"{api.GROUP}/job"
@@ -27,8 +28,6 @@ TOKEN_MOUNT = "/var/run/lora/token"
 PROGRESS_CA_KEY = "progress-ca.crt"
 OUTPUT_MOUNT = "/output"
 TERMINATION_LOG = "/dev/termination-log"
-# Exit code the trainer uses for an invalid spec or dataset: retrying cannot help.
-EXIT_INVALID_INPUT = 2
 DEFAULT_TLS_DIR = "/etc/lora-operator/tls"
 # The trainer's token is good for the progress endpoint only (its audience), and briefly: the kubelet
 # renews it at 80% of its life; 600 s is the shortest the API allows.
@@ -276,6 +275,7 @@ def job(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorC
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": spec.runtime.termination_grace_period_seconds,
         "serviceAccountName": service_account_name(name),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -299,8 +299,14 @@ def job(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorC
         "suspend": spec.suspend or bool(spec.queue_name),
         "podFailurePolicy": {
             "rules": [
+                # An invalid spec or dataset: retrying cannot help.
                 {"action": "FailJob",
                  "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_INPUT]}},
+                # Stopped by SIGTERM (a pod deleted by hand too, which sets no DisruptionTarget) after saving a
+                # checkpoint: a disruption, not a failure. The retry resumes there and costs no backoffLimit.
+                {"action": "Ignore",
+                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INTERRUPTED]}},
+                # Evicted, preempted, a node shutting down or gone (whatever the container's exit).
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
         },

@@ -2,7 +2,7 @@
 
 import yaml
 
-from lora_contract import api
+from lora_contract import api, wire
 from lora_operator import builders
 
 CFG = builders.OperatorConfig(trainer_image="example/trainer:1", tolerations=[{"key": "team", "operator": "Exists"}])
@@ -69,7 +69,24 @@ def test_security_context_is_non_root_and_read_only() -> None:
 def test_invalid_input_exit_code_fails_the_job_without_retries() -> None:
     rules = builders.job("demo", "ns", _spec(), CFG)["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob"
-    assert rules[0]["onExitCodes"]["values"] == [builders.EXIT_INVALID_INPUT]
+    assert rules[0]["onExitCodes"]["values"] == [wire.EXIT_INVALID_INPUT] == [2]
+
+
+def test_a_trainer_stopped_by_sigterm_is_a_disruption_not_a_failure() -> None:
+    """Exit 143 (the trainer saved a checkpoint at SIGTERM) is ignored like an eviction: the retry resumes
+    without using up backoffLimit. Other exits still count."""
+    rules = builders.job("demo", "ns", _spec(), CFG)["spec"]["podFailurePolicy"]["rules"]
+    ignored = [r["onExitCodes"]["values"] for r in rules if r["action"] == "Ignore" and "onExitCodes" in r]
+    assert ignored == [[wire.EXIT_INTERRUPTED]] == [[143]]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+    codes = {c for r in rules if "onExitCodes" in r for c in r["onExitCodes"]["values"]}
+    assert not codes & {wire.EXIT_FAILED, 137}  # a failure and an OOM kill count against backoffLimit
+
+
+def test_termination_grace_period_defaults_to_a_step_and_a_save_and_follows_the_spec() -> None:
+    assert _pod(builders.job("demo", "ns", _spec(), CFG))["terminationGracePeriodSeconds"] == 120
+    spec = _spec(runtime={"terminationGracePeriodSeconds": 600})
+    assert _pod(builders.job("demo", "ns", spec, CFG))["terminationGracePeriodSeconds"] == 600
 
 
 def test_runtime_limits_suspend_and_kueue() -> None:

@@ -1,4 +1,5 @@
-"""Step 4's Trainer callback: progress events, complete-checkpoint markers and divergence checks."""
+"""Step 4's Trainer callback: progress events, complete-checkpoint markers, divergence checks, and the
+checkpoint that a stop signal asks for (``lora_trainer.signals``)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,26 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from lora_contract.progress import EvalEvent, TrainerEvent, TrainEvent
+from lora_contract.api import PIPELINE_STEPS
+from lora_contract.progress import EvalEvent, NoteEvent, TrainerEvent, TrainEvent
 from lora_trainer.checkpoints import write_marker
 from lora_trainer.errors import InvalidInput
+from lora_trainer.signals import StopSignals
+
+TRAINING_STEP = PIPELINE_STEPS.index("training")  # the pipeline step this callback runs in
 
 
 class ProgressCallback(TrainerCallback):
-    """Turns Trainer logs into TrainEvent/EvalEvent, marks complete checkpoints, stops divergence."""
+    """Turns Trainer logs into TrainEvent/EvalEvent, marks complete checkpoints, stops divergence, and on a
+    stop signal saves a checkpoint at the end of the optimizer step in progress, then stops the run."""
 
-    def __init__(self, emit: Callable[[TrainerEvent], None], fingerprint: str, divergence_factor: float) -> None:
+    def __init__(self, emit: Callable[[TrainerEvent], None], fingerprint: str, divergence_factor: float,
+                 signals: StopSignals) -> None:
         self.emit, self.fingerprint, self.divergence_factor = emit, fingerprint, divergence_factor
+        self.signals = signals
         self.started = time.monotonic()
         self.start_step = self.start_tokens = 0
+        self._announced = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = time.monotonic()
@@ -61,5 +70,29 @@ class ProgressCallback(TrainerCallback):
                 f"{self.divergence_factor:g} x the first logged loss {first:.4f}; lower lora.learningRate"
             )
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """After an optimizer step (the boundary where the weights, optimizer and scheduler agree): on a stop
+        signal, save now and skip an evaluation due here (it would only delay the save)."""
+        if self.signals.requested:
+            self._save_for_stop(state, control)
+            control.should_evaluate = False
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A signal that came during an evaluation: the step before it is whole, so save it."""
+        if self.signals.requested:
+            self._save_for_stop(state, control)
+
+    def _save_for_stop(self, state: Any, control: Any) -> None:
+        control.should_save = True
+        if not self._announced:
+            self._announced = True
+            self.emit(NoteEvent(index=TRAINING_STEP, message=f"stop signal: saving checkpoint-{state.global_step} "
+                                f"at optimizer step {state.global_step}/{state.max_steps}, then stopping"))
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        write_marker(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.fingerprint, state.global_step)
+        checkpoint = f"checkpoint-{state.global_step}"
+        write_marker(Path(args.output_dir) / checkpoint, self.fingerprint, state.global_step)
+        # Raised here, after the marker and before anything the Trainer does at the end of training (which,
+        # with save_total_limit 1, would delete every checkpoint but the best one).
+        if self.signals.requested:
+            raise self.signals.interrupt(checkpoint=checkpoint, step=state.global_step, total=state.max_steps)

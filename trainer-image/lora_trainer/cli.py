@@ -3,8 +3,10 @@
     lora-trainer run SPEC.yaml --output DIR [--events FILE|-] [--quiet]
     lora-trainer validate SPEC.yaml
 
-SPEC.yaml is a bare spec or a whole LoraTrainingJob manifest. Exit codes: 0 success, 1 failure
-(a retry may help), 2 invalid spec or data (it cannot); the operator's Job relies on 2.
+SPEC.yaml is a bare spec or a whole LoraTrainingJob manifest. Exit codes (``lora_contract.wire``):
+0 success, 1 failure (a retry may help), 2 invalid spec or data (it cannot), 143 stopped by SIGTERM or
+SIGINT (in training, after saving a checkpoint a rerun resumes from); the operator's Job relies on 2
+and 143.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pydantic import ValidationError
 
 from lora_contract.api import KIND, LoraTrainingJobSpec
 from lora_contract.validation import describe_validation_error
-from lora_trainer.errors import EXIT_INVALID_INPUT, StepError, exit_code
+from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT
+from lora_trainer.errors import StepError, exit_code
+from lora_trainer.signals import Interrupted, StopSignals
 
 
 class SpecFileError(Exception):
@@ -49,7 +53,7 @@ def load_spec(path: str | Path) -> LoraTrainingJobSpec:
         raise SpecFileError(f"{path}: {describe_validation_error(err)}") from err
 
 
-def _run(args: argparse.Namespace, spec: LoraTrainingJobSpec) -> int:
+def _run(args: argparse.Namespace, spec: LoraTrainingJobSpec, signals: StopSignals) -> int:
     from lora_trainer.events import ConsoleSink, JsonlSink, Sink
     from lora_trainer.pipeline import run_pipeline
     from lora_trainer.progress_reporter import ProgressReporter
@@ -62,7 +66,7 @@ def _run(args: argparse.Namespace, spec: LoraTrainingJobSpec) -> int:
         sinks.append(JsonlSink(args.events))
     if not args.quiet:
         sinks.append(ConsoleSink())
-    return run_pipeline(spec, args.output, sinks).exit_code
+    return run_pipeline(spec, args.output, sinks, signals).exit_code
 
 
 def _validate(spec: LoraTrainingJobSpec) -> int:
@@ -104,7 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     except SpecFileError as err:
         print(f"lora-trainer: {err}", file=sys.stderr)
         return EXIT_INVALID_INPUT
-    return _run(args, spec) if args.command == "run" else _validate(spec)
+    if args.command != "run":
+        return _validate(spec)
+    # Before torch & co. are imported (seconds): as PID 1 the trainer would drop a SIGTERM until then.
+    signals = StopSignals()
+    signals.install()
+    try:
+        return _run(args, spec, signals)
+    except Interrupted as stop:  # before the pipeline started (importing it); it handles the rest
+        print(f"lora-trainer: stopped by {stop.signal_name} before the run started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signals.restore()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from lora_trainer.grader import Grader
 from lora_trainer.layout import OutputLayout
 from lora_trainer.modeling import LoadedModel
 from lora_trainer.profiles import for_this_machine
+from lora_trainer.signals import StopSignals
 
 # LoRA fields that only say when to log, evaluate or save: changing them keeps checkpoints usable.
 _BOOKKEEPING = {"save_steps", "save_total_limit", "logging_steps", "eval_steps", "divergence_factor"}
@@ -69,6 +70,7 @@ class RunContext:
     spec: LoraTrainingJobSpec
     output_dir: Path
     emit: Callable[[TrainerEvent], None]
+    signals: StopSignals = field(default_factory=StopSignals)  # installed by the CLI; inert otherwise
     tokenizer: Any = None
     data: PreparedData | None = None
     loaded: LoadedModel | None = None  # the base model of step 0, until saving frees it

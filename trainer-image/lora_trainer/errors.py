@@ -1,6 +1,7 @@
-"""Failures the pipeline reports as a step message instead of a traceback, and the exit codes."""
+"""Failures the pipeline reports as a step message instead of a traceback, and their exit codes
+(``lora_contract.wire``, which the operator's Job reads too)."""
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
+from lora_contract.wire import EXIT_FAILED, EXIT_INVALID_INPUT
 
 
 class StepError(Exception):

@@ -22,6 +22,7 @@ from lora_contract.progress import (
     MetricsEvent,
     NoteEvent,
     StepEvent,
+    StopEvent,
     TrainerEvent,
     TrainEvent,
     dump_event,
@@ -137,6 +138,7 @@ class ConsoleSink:
         self._durations: dict[int, float] = {}
         self._drawn_lines = 0
         self._tokens_per_second: float | None = None  # not part of the status, so kept here
+        self._stopped: str | None = None  # a stop signal's message: no report follows
 
     def _step_line(self, index: int) -> str:
         """' ✓ 4 training           2m03s  message'; cut to the terminal's width when live."""
@@ -191,6 +193,10 @@ class ConsoleSink:
                          f"{number(scores.weighted_overall)}, held-out loss {number(scores.eval_loss)}"])
         elif isinstance(event, FailureEvent):
             self._write([f" ✗ {event.message}"])
+        if isinstance(event, StopEvent):
+            self._stopped = event.message
+            if not self.live:
+                self._write([f" ■ {event.message}"])
 
     def close(self, final_status: TrainerStatus) -> None:
         self.status = final_status
@@ -201,6 +207,9 @@ class ConsoleSink:
         failed = [s.name for s in final_status.steps if s.state == "Failed"]
         if failed:
             self._write(["", f"FAILED in {', '.join(failed)}: {final_status.message or ''}"])
+            return
+        if self._stopped:
+            self._write(["", f"STOPPED: {self._stopped}"])
             return
         self._write(["", "report:", *report_table(final_status, xp_for(final_status)),
                      "  (XP as the operator awards it to a Succeeded run of a trusted trainer image)"])

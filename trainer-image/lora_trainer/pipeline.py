@@ -21,12 +21,14 @@ import datasets
 import transformers
 
 from lora_contract.api import PIPELINE_STEPS, LoraTrainingJobSpec, TrainerStatus
-from lora_contract.progress import FailureEvent, StepEvent, dump_status, final_summary
+from lora_contract.progress import FailureEvent, StepEvent, StopEvent, dump_status, final_summary
+from lora_contract.wire import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from lora_contract.xp import xp_for
 from lora_trainer.context import RunContext
-from lora_trainer.errors import EXIT_FAILED, EXIT_OK, StepError, exit_code
+from lora_trainer.errors import StepError, exit_code
 from lora_trainer.events import Emitter, Sink
 from lora_trainer.layout import OutputLayout, write_atomically
+from lora_trainer.signals import Interrupted, StopSignals
 from lora_trainer.steps import (
     after_metrics,
     before_metrics,
@@ -72,8 +74,9 @@ def quiet_libraries() -> None:
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """How a run ended: the final trainer status, the exit code (0 ok, 1 failed: a retry may help, 2 invalid
-    spec or data: it cannot) and, for a run that succeeded, its XP by the shared table."""
+    """How a run ended: the final trainer status, the exit code (``lora_contract.wire``: 0 ok, 1 failed: a
+    retry may help, 2 invalid spec or data: it cannot, 143 stopped by a signal: a retry resumes) and, for a
+    run that succeeded, its XP by the shared table."""
 
     status: TrainerStatus
     exit_code: int
@@ -88,10 +91,21 @@ def _write_results(result: PipelineResult, output_dir: Path) -> None:
         Path(termination).write_text(final_summary(result.status))
 
 
-def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Iterable[Sink]) -> PipelineResult:
+def stop_message(stop: Interrupted, index: int) -> str:
+    """Where a stop signal ended the run, and what a retry does."""
+    if stop.checkpoint:
+        return (f"stopped by {stop.signal_name} after optimizer step {stop.step}/{stop.total}: saved "
+                f"{stop.checkpoint}; a retry resumes from it")
+    return (f"stopped by {stop.signal_name} in step {index} {PIPELINE_STEPS[index]}; a retry runs this step "
+            "again (training resumes from the newest complete checkpoint)")
+
+
+def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Iterable[Sink],
+                 signals: StopSignals | None = None) -> PipelineResult:
     """Run every step, emitting events to ``sinks``; return how it ended.
 
-    A failure marks its step Failed and emits a FailureEvent. The result is also written to
+    A failure marks its step Failed and emits a FailureEvent; a stop signal (``signals``, installed by the
+    CLI) leaves its step Active and emits a StopEvent. The result is also written to
     ``<output_dir>/report.json`` and the final status, in compact form, to the termination message
     file named by $LORA_TERMINATION_MESSAGE_PATH (the operator's copy, should progress reports be lost).
     """
@@ -99,20 +113,27 @@ def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Itera
     output.mkdir(parents=True, exist_ok=True)
     quiet_libraries()
     emitter = Emitter(sinks)
-    ctx = RunContext(spec=spec, output_dir=output, emit=emitter.emit)
+    signals = signals or StopSignals()
+    ctx = RunContext(spec=spec, output_dir=output, emit=emitter.emit, signals=signals)
     code, message = EXIT_OK, ""
     index = EXECUTION_ORDER[0]
     try:
-        for index in EXECUTION_ORDER:
-            emitter.emit(StepEvent(index=index, state="Active"))
-            done = STEP_RUNNERS[index](ctx)
-            emitter.emit(StepEvent(index=index, state="Completed", message=done))
+        try:
+            for index in EXECUTION_ORDER:
+                emitter.emit(StepEvent(index=index, state="Active"))
+                done = STEP_RUNNERS[index](ctx)
+                emitter.emit(StepEvent(index=index, state="Completed", message=done))
+        finally:
+            signals.settle()  # from here on a signal is recorded only: the results below get written
+    except Interrupted as stop:
+        code = EXIT_INTERRUPTED
+        emitter.emit(StopEvent(index=index, message=stop_message(stop, index)))
     except StepError as err:
         code, message = exit_code(err), str(err)
     except Exception as err:  # unexpected: keep the traceback in the log, the gist in the status
         traceback.print_exc(file=sys.stderr)
         code, message = EXIT_FAILED, f"{type(err).__name__}: {err}"
-    if code:
+    if code not in (EXIT_OK, EXIT_INTERRUPTED):
         emitter.emit(StepEvent(index=index, state="Failed", message=message))
         emitter.emit(FailureEvent(message=f"step {index} {PIPELINE_STEPS[index]} failed: {message}"))
     final = emitter.close()

@@ -1,5 +1,6 @@
-"""Step 4, training: the HF Trainer with progress events, divergence checks, automatic resume and
-recovery from running out of GPU memory (lora_trainer.callbacks, .checkpoints and .memory_ladder).
+"""Step 4, training: the HF Trainer with progress events, divergence checks, automatic resume,
+recovery from running out of GPU memory, and a checkpoint at a stop signal (lora_trainer.callbacks,
+.checkpoints, .memory_ladder and .signals).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ def run(ctx: RunContext) -> str:
         trainer = LabelledLogitsTrainer(
             model=model, args=plan.args, train_dataset=plan.train_rows,
             eval_dataset=plan.eval_rows or None, data_collator=plan.collator, processing_class=ctx.tokenizer,
-            callbacks=[ProgressCallback(ctx.emit, ctx.fingerprint, ctx.spec.lora.divergence_factor)],
+            callbacks=[ProgressCallback(ctx.emit, ctx.fingerprint, ctx.spec.lora.divergence_factor, ctx.signals)],
         )
         trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the events replace it
         try:
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            with ctx.signals.deferred():  # a stop signal: a checkpoint after this optimizer step, then stop
+                result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             break
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):

@@ -1,0 +1,18 @@
+"""What the operator's Job and the trainer process agree on outside the API types: exit codes.
+
+The Job's pod-failure policy (operator) and the trainer's exits (``lora-trainer run``) must use the
+same numbers, so both read them here.
+"""
+
+import signal
+
+EXIT_OK = 0
+# Failed; a retry may help (a network error, a lost node): counts against spec.runtime.backoffLimit.
+EXIT_FAILED = 1
+# The spec or its data cannot work as given: the Job fails at once instead of spending its retries.
+EXIT_INVALID_INPUT = 2
+# Stopped by SIGTERM or SIGINT (a pod deleted, a node drained, a preemption, Kueue suspending the Job),
+# after saving a checkpoint where training was. 128 + SIGTERM, the code a process killed by SIGTERM
+# reports too, so a trainer stopped before its handler was installed means the same. The Job ignores
+# such a pod failure (no backoffLimit count) and its retry resumes from that checkpoint.
+EXIT_INTERRUPTED = 128 + signal.SIGTERM
