@@ -346,6 +346,18 @@ def frozen_trainer(kubectl: Kubectl, namespace: str, name: str) -> Iterator[int]
             os.killpg(pid, signal.SIGCONT)
 
 
+def sigterm_pending(pid: int) -> bool:
+    """SIGTERM was sent to the (stopped) process ``pid`` and waits for it to run: a test that holds the trainer
+    with SIGSTOP lets it go only then, so the signal lands where the test stopped it, not steps later."""
+    try:
+        fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+    except FileNotFoundError:
+        return False
+    bit = 1 << (signal.SIGTERM - 1)
+    return any(int(fields.get(key, "0"), 16) & bit for key in ("ShdPnd", "SigPnd"))
+
+
 def training_step(kubectl: Kubectl, namespace: str, name: str) -> int:
     return (kubectl.status(namespace, name).get("trainer") or {}).get("trainingStep") or 0
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_succeeded_with_results, frozen_trainer, pvc, tiny_run, wait_for
+from tests.conftest import assert_succeeded_with_results, frozen_trainer, pvc, sigterm_pending, tiny_run, wait_for
 from tests.faults.conftest import (
     Row,
     assert_once,
@@ -31,9 +32,12 @@ def test_node_deleted_while_the_pod_runs(kubectl, operator, namespace, tiny_mode
     kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
     out = first_checkpoint(kubectl, namespace, name)
     try:
-        with frozen_trainer(kubectl, namespace, name):  # else it may finish on the deleted node meanwhile
+        with frozen_trainer(kubectl, namespace, name) as pid:  # else it may finish on the deleted node meanwhile
             newest = complete_checkpoints(out)[-1]
             kubectl("delete", "node", test_node.name)
+            # The pod garbage collector force-deletes the pod: the node agent sends SIGTERM and, after its grace
+            # cap, SIGKILL. Held until then, the trainer is killed where it was held: no SIGTERM checkpoint.
+            wait_for("the trainer killed", lambda: not Path(f"/proc/{pid}").exists(), timeout=180, interval=0.2)
             waiting = wait_for("the run Pending without a node", lambda: (s := kubectl.status(namespace, name)).get(
                 "phase") == "Pending" and ready_reason(s) == "Unschedulable" and s, timeout=180)
     finally:
@@ -42,7 +46,7 @@ def test_node_deleted_while_the_pod_runs(kubectl, operator, namespace, tiny_mode
     status, done = terminal(kubectl, namespace, name)
     assert_succeeded_with_results(status, namespace, name)
     training = next(s["message"] for s in status["trainer"]["steps"] if s["name"] == "training")
-    assert f"resumed from checkpoint-{newest}" in training, training
+    assert f"resumed from checkpoint-{newest};" in training, training
     assert children(kubectl, namespace, name)[0] == 1
     events = event_counts(kubectl, namespace, name, "Awarded")
     assert_once(events, "JobCreated", "Succeeded", "Awarded")
@@ -59,7 +63,10 @@ def test_active_deadline_exceeded(kubectl, operator, namespace, tiny_model_pvc, 
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(tiny_run(name, tiny_model_pvc, runtime={"activeDeadlineSeconds": 60}), namespace)
     first_checkpoint(kubectl, namespace, name)
-    with frozen_trainer(kubectl, namespace, name):  # a trainer slower than its deadline
+    with frozen_trainer(kubectl, namespace, name) as pid:  # a trainer slower than its deadline
+        # The Job controller deletes the pod and writes FailureTarget in one sync: held until SIGTERM is sent,
+        # the trainer cannot run on (and finish) between the two.
+        wait_for("SIGTERM sent to the held trainer", lambda: sigterm_pending(pid), timeout=180, interval=0.1)
         wait_for("the Job to fail", lambda: "True" in kubectl(
             "get", "job", f"{name}-train", "-n", namespace, "-o",
             "jsonpath={.status.conditions[?(@.type=='FailureTarget')].status}"), timeout=180)

@@ -1,5 +1,6 @@
-"""Fault 3: the trainer pod deleted mid-training, and killed inside the save step. The Job's retry resumes
-from the newest complete checkpoint, and no half-written adapter is ever reported as an artifact."""
+"""Fault 3: the trainer pod deleted mid-training, the run deleted mid-training, and the trainer killed inside
+the save step. The Job's retry resumes from the step SIGTERM saved (or, after a SIGKILL, the newest complete
+checkpoint), and no half-written adapter is ever reported as an artifact."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import time
 
 import pytest
 
-from tests.conftest import assert_succeeded_with_results, frozen_trainer, pvc, tiny_run, trainer_pid
+from tests.conftest import (
+    TINY_LORA,
+    assert_succeeded_with_results,
+    frozen_trainer,
+    pvc,
+    sigterm_pending,
+    tiny_run,
+    trainer_pid,
+    training_step,
+    wait_for,
+)
 from tests.faults.conftest import (
     Row,
     assert_once,
@@ -18,6 +29,7 @@ from tests.faults.conftest import (
     event_counts,
     first_checkpoint,
     outcome,
+    output_dir,
     run_until,
     terminal,
 )
@@ -29,25 +41,67 @@ def _training_message(status: dict) -> str:
     return next(s.get("message") or "" for s in status["trainer"]["steps"] if s["name"] == "training")
 
 
+def _job_failed(kubectl, namespace: str, name: str) -> int:
+    return (kubectl.get("job", f"{name}-train", namespace)["status"]).get("failed") or 0
+
+
 def test_trainer_pod_deleted_mid_training(kubectl, operator, namespace, tiny_model_pvc, test_node, fault_log):
+    """`kubectl delete pod` with a grace period: SIGTERM reaches the trainer (held still until then, so it lands
+    mid-training), which finishes its optimizer step, saves it and exits 143; the Job ignores that exit (no
+    backoffLimit count) and the retry resumes from exactly that step."""
     name = "evicted"
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
     out = first_checkpoint(kubectl, namespace, name)
-    with frozen_trainer(kubectl, namespace, name):
+    with frozen_trainer(kubectl, namespace, name) as pid:
         newest = complete_checkpoints(out)[-1]
+        reported = training_step(kubectl, namespace, name)
         pod = kubectl("get", "pods", "-n", namespace, "-o", "name", "-l", f"batch.kubernetes.io/job-name={name}-train")
-        kubectl("delete", pod.strip(), "-n", namespace, "--grace-period=1", "--wait=false")
+        kubectl("delete", pod.strip(), "-n", namespace, "--grace-period=30", "--wait=false")
+        wait_for("SIGTERM sent to the held trainer", lambda: sigterm_pending(pid), timeout=60, interval=0.05)
     injected = time.monotonic()
+    stopped = wait_for("the SIGTERM checkpoint", lambda: [n for n in complete_checkpoints(out) if n > newest],
+                       timeout=60, interval=0.05)[0]
     status, done = terminal(kubectl, namespace, name)
     assert_succeeded_with_results(status, namespace, name)
-    assert f"resumed from checkpoint-{newest}" in _training_message(status), _training_message(status)
+    # Steps lost: 0. The retry starts from the step the deleted pod stopped at, not the last periodic save.
+    assert f"resumed from checkpoint-{stopped};" in _training_message(status), _training_message(status)
+    assert newest < stopped and reported <= stopped, (newest, reported, stopped)
+    assert _job_failed(kubectl, namespace, name) == 0  # a disruption, not a failure: backoffLimit untouched
     assert children(kubectl, namespace, name) == (1, 1)  # the deleted pod is gone, its replacement finished
     events = event_counts(kubectl, namespace, name, "Awarded")
     assert_once(events, "JobCreated", "Succeeded", "Awarded")
-    fault_log.record(Row(3, "the trainer pod deleted mid-training (kubectl delete pod)",
-                         f"the Job's retry resumes from the newest complete checkpoint (here {newest}); Succeeded",
-                         outcome(kubectl, namespace, name, status, events), round(done - injected, 1)))
+    fault_log.record(Row(3, "the trainer pod deleted mid-training (kubectl delete pod, grace period 30 s; the "
+                            "process node caps it at 10 s)",
+                         "SIGTERM: the trainer saves the step in progress and exits 143; the Job ignores that exit "
+                         f"(failed stays 0); the retry resumes from that step (here {stopped}, last periodic "
+                         f"checkpoint {newest}); Succeeded",
+                         outcome(kubectl, namespace, name, status, events) + "; Job failed count 0",
+                         round(done - injected, 1)))
+
+
+def test_run_deleted_mid_training(kubectl, operator, namespace, tiny_model_pvc, test_node, fault_log):
+    """`kubectl delete ltj` while it trains: the garbage collector deletes the Job and its pod, the trainer
+    stops at SIGTERM with a checkpoint (a run recreated with the same spec resumes there) and the pod is gone
+    within seconds, not a grace period. The run trains for far longer than the test waits, so the delete
+    lands mid-training without holding the trainer."""
+    name = "dropped"
+    kubectl.apply(pvc("artifacts"), namespace)
+    kubectl.apply(tiny_run(name, tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 100_000, "saveSteps": 50_000}),
+                  namespace)
+    out = output_dir(kubectl, namespace, name)
+    wait_for("training under way", lambda: training_step(kubectl, namespace, name) > 0, timeout=180, interval=0.2)
+    kubectl("delete", "ltj", name, "-n", namespace, "--wait=false")
+    injected = time.monotonic()
+    wait_for("the run's pod gone", lambda: children(kubectl, namespace, name) == (0, 0), timeout=120, interval=0.2)
+    gone = time.monotonic() - injected
+    saved = complete_checkpoints(out)
+    assert saved and 0 < saved[-1] < 50_000, saved  # not a periodic save: the one SIGTERM asked for
+    fault_log.record(Row(3.2, "the run deleted mid-training (kubectl delete ltj)",
+                         "the Job and its pod garbage-collected; SIGTERM: the trainer saves the step in progress "
+                         "and exits; the pod gone in seconds",
+                         f"pod gone {gone:.1f} s after the delete; checkpoint-{saved[-1]} saved at SIGTERM "
+                         "(no periodic save yet)", round(gone, 1)))
 
 
 def test_trainer_killed_inside_the_save_step(kubectl, operator, namespace, tiny_model_pvc, test_node, fault_log):

@@ -1,5 +1,6 @@
 """What only a real node shows: the chart's operator image in-cluster, the quickstart in the trainer image,
-a real OOM kill, and a Job retry resuming from its checkpoint on a PVC after the pod is deleted.
+a real OOM kill, the trainer stopped by the kubelet's SIGTERM as a container's PID 1 (a pod deleted, a node
+drained, a run deleted) and a Job retry resuming from the checkpoint it saved, and the operator pod stopping.
 
 Nothing here is emulated: containerd + runc run the images built from operator/Dockerfile and
 trainer-image/Dockerfile, the kubelet enforces runAsNonRoot, readOnlyRootFilesystem and memory
@@ -11,13 +12,18 @@ resource, and these runs ask for none.
 from __future__ import annotations
 
 import json
-import re
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, pvc, wait_for
+from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, pvc, sigterm_pending, wait_for
 from tests.realnode.conftest import RELEASE_NAMESPACE
 
 pytestmark = [pytest.mark.integration, pytest.mark.realnode]
@@ -118,23 +124,132 @@ def test_a_memory_limit_too_small_ends_failed_with_reason_oomkilled(rk, operator
     rk.events(real_namespace, "oom", "OOMKilled")
 
 
-def test_a_pod_deleted_mid_training_is_retried_and_resumes_from_its_checkpoint(rk, operator_release,
-                                                                              real_namespace):
+def _complete(run_dir: Path) -> list[int]:
+    return sorted(int(m.parent.name.removeprefix("checkpoint-"))
+                  for m in run_dir.glob("checkpoints/checkpoint-*/lora-trainer-complete.json"))
+
+
+def _host_pid(real_cluster, pod: dict) -> int:
+    """The host PID of the pod's trainer, PID 1 of its container (containerd's task of that container)."""
+    container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    for line in real_cluster.ctr("tasks", "ls").stdout.splitlines()[1:]:
+        task, pid, *_ = line.split()
+        if task == container:
+            return int(pid)
+    raise AssertionError(f"no containerd task for {container}")
+
+
+def _running_pod(rk, namespace: str, run: str) -> dict:
+    def running() -> dict | None:
+        return next((p for p in _pods(rk, namespace, run) if p["status"].get("phase") == "Running"
+                     and not p["metadata"].get("deletionTimestamp")
+                     and (p["status"].get("containerStatuses") or [{}])[0].get("containerID")), None)
+    return wait_for(f"a running {run} pod", running, timeout=600, interval=1)
+
+
+@contextmanager
+def _held(pid: int) -> Iterator[None]:
+    """The trainer stopped (SIGSTOP from the host: the kernel delivers it even to a container's PID 1) inside
+    the block, so a fault lands at the step where it was held however fast it trains."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def _stop_at_sigterm(rk, real_cluster, namespace: str, run: str, run_dir: Path, fault) -> tuple[int, int, float]:
+    """Hold the running trainer, inject ``fault`` (something that makes the kubelet send SIGTERM), release it
+    once SIGTERM is pending; return the newest checkpoint before, the one SIGTERM saved, and the seconds from
+    the fault to the pod gone."""
+    pod = _running_pod(rk, namespace, run)
+    pid = _host_pid(real_cluster, pod)
+    with _held(pid):
+        newest = _complete(run_dir)[-1]
+        reported = rk.status(namespace, run)["trainer"]["trainingStep"]
+        started = time.monotonic()
+        fault(pod["metadata"]["name"])
+        wait_for("SIGTERM sent to the held trainer", lambda: sigterm_pending(pid), timeout=120, interval=0.05)
+    wait_for("the pod gone", lambda: pod["metadata"]["name"] not in [p["metadata"]["name"] for p in _pods(
+        rk, namespace, run)], timeout=300, interval=0.2)
+    gone = time.monotonic() - started
+    saved = [n for n in _complete(run_dir) if n > newest]
+    assert saved and saved[0] >= reported, (newest, reported, _complete(run_dir))
+    return newest, saved[0], gone
+
+
+def test_pods_deleted_and_drained_mid_training_save_at_sigterm_and_the_retry_resumes_there(
+        rk, real_cluster, operator_release, real_namespace):
+    """`kubectl delete pod` (no DisruptionTarget: the exit code 143 tells the Job) and then `kubectl drain`
+    (the eviction API) of the retry: each time the trainer finishes its optimizer step, saves it and exits in
+    seconds; the Job's failed count stays 0 and each retry resumes from the step saved. Steps lost: 0."""
     volume = _claim(rk, real_namespace, "artifacts")
     rk.apply(_run("resume", "artifacts"), real_namespace)
     run_dir = volume / real_namespace / "resume"
-    marker = wait_for("a complete checkpoint on the PVC",
-                      lambda: next(iter(run_dir.glob("**/checkpoint-*/lora-trainer-complete.json")), None),
-                      timeout=600, interval=1)
-    first = _pods(rk, real_namespace, "resume")[0]["metadata"]["name"]
-    rk("delete", "pod", first, "-n", real_namespace, "--wait=false")
+    wait_for("a complete checkpoint on the PVC", lambda: _complete(run_dir), timeout=600, interval=1)
+
+    def delete(pod: str) -> None:
+        rk("delete", "pod", pod, "-n", real_namespace, "--wait=false")  # the spec's grace period: 120 s
+
+    _, deleted_at, deleted_s = _stop_at_sigterm(rk, real_cluster, real_namespace, "resume", run_dir, delete)
+    wait_for("training past the resumed step", lambda: (rk.status(real_namespace, "resume").get("trainer") or {})
+             .get("trainingStep", 0) > deleted_at, timeout=600, interval=1)
+    drain: list[subprocess.Popen] = []
+
+    def evict(_pod: str) -> None:
+        drain.append(subprocess.Popen(
+            [str(rk.cp.bin_dir / "kubectl"), "drain", real_cluster.node_name, "--ignore-daemonsets",
+             "--delete-emptydir-data", "--timeout=300s", "--pod-selector=batch.kubernetes.io/job-name=resume-train"],
+            env=rk.cp.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+
+    try:
+        _, drained_at, drained_s = _stop_at_sigterm(rk, real_cluster, real_namespace, "resume", run_dir, evict)
+        out, _ = drain[0].communicate(timeout=300)
+        assert drain[0].returncode == 0, out
+    finally:
+        rk("uncordon", real_cluster.node_name)
     status = wait_for("the run to end", lambda: (s := rk.status(real_namespace, "resume")).get("phase")
                       in ("Succeeded", "Failed") and s, timeout=900, interval=2)
     assert status["phase"] == "Succeeded", status.get("message")
-    pods = _pods(rk, real_namespace, "resume")
-    assert first not in [p["metadata"]["name"] for p in pods] and len(pods) == 1
     training = next(s for s in status["trainer"]["steps"] if s["name"] == "training")
-    # From the newest complete checkpoint when the first pod died: the one seen, or a later one the trainer
-    # wrote before the kill landed (it trains 30 steps in about a minute and saves every 10).
-    resumed = re.search(r"resumed from checkpoint-(\d+)", training["message"])
-    assert resumed and int(resumed.group(1)) >= int(marker.parent.name.removeprefix("checkpoint-")), training
+    assert f"resumed from checkpoint-{drained_at};" in training["message"], training
+    assert deleted_at < drained_at
+    job = rk.get("job", "resume-train", real_namespace)
+    assert (job["status"].get("failed") or 0) == 0, job["status"]  # disruptions, not failures
+    assert len(_pods(rk, real_namespace, "resume")) == 1
+    print(f"MEASURED pod delete: SIGTERM checkpoint-{deleted_at}, pod gone {deleted_s:.1f} s after the delete; "
+          f"drain: checkpoint-{drained_at}, pod gone {drained_s:.1f} s after the drain began")
+
+
+def test_a_run_deleted_mid_training_stops_its_pod_in_seconds(rk, real_cluster, operator_release, real_namespace):
+    """`kubectl delete ltj`: the garbage collector deletes the Job and the pod; the trainer saves the step in
+    progress and exits, so the pod is gone in seconds rather than at the end of its 120 s grace period."""
+    volume = _claim(rk, real_namespace, "artifacts")
+    run = _run("dropped", "artifacts")
+    run["spec"]["lora"].update(maxSteps=10_000, saveSteps=10_000)  # it is mid-training whenever it is deleted
+    rk.apply(run, real_namespace)
+    wait_for("training under way", lambda: (rk.status(real_namespace, "dropped").get("trainer") or {}).get(
+        "trainingStep", 0) > 0, timeout=600, interval=1)
+    started = time.monotonic()
+    rk("delete", "ltj", "dropped", "-n", real_namespace, "--wait=false")
+    wait_for("the run's pod gone", lambda: not _pods(rk, real_namespace, "dropped"), timeout=300, interval=0.2)
+    gone = time.monotonic() - started
+    saved = _complete(volume / real_namespace / "dropped")
+    assert saved and 0 < saved[-1] < 10_000, saved  # the checkpoint SIGTERM asked for, not a periodic one
+    print(f"MEASURED kubectl delete ltj: pod gone {gone:.1f} s after the delete (checkpoint-{saved[-1]} saved)")
+
+
+def test_the_operator_pod_stops_promptly_and_its_replacement_takes_over(rk, operator_release, real_cluster):
+    """Kopf handles SIGTERM as PID 1; the Deployment's replacement serves again. Runs last: it replaces the
+    operator pod the other tests share."""
+    started = time.monotonic()
+    rk("delete", "pod", operator_release, "-n", RELEASE_NAMESPACE, "--wait=true", "--timeout=120s")
+    gone = time.monotonic() - started
+    replacement = wait_for("the replacement operator ready", lambda: rk(
+        "get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/name=lora-operator", "-o",
+        "jsonpath={.items[?(@.status.containerStatuses[0].ready==true)].metadata.name}").strip(), timeout=180)
+    assert replacement and replacement != operator_release
+    grace = rk.get("deployment", "lora-operator", RELEASE_NAMESPACE)["spec"]["template"]["spec"].get(
+        "terminationGracePeriodSeconds", 30)
+    print(f"MEASURED operator pod: gone {gone:.1f} s after the delete (grace period {grace} s)")

@@ -72,3 +72,11 @@ def relocate_best(checkpoint: Path) -> None:
     if state.get("best_model_checkpoint"):
         state["best_model_checkpoint"] = str(checkpoint.parent / Path(state["best_model_checkpoint"]).name)
         state_file.write_text(json.dumps(state, indent=2))
+
+
+def finished_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The Trainer state saved in ``checkpoint`` if training was over there (its last step, the one a
+    retry after training finds when a later step was cut short), else None. The Trainer, resumed from it,
+    would run one more optimizer step past ``max_steps``."""
+    state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    return state if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"] else None

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
 from lora_trainer.callbacks import ProgressCallback
-from lora_trainer.checkpoints import relocate_best, resume_point
+from lora_trainer.checkpoints import finished_state, relocate_best, resume_point
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.events import format_duration
@@ -30,6 +31,9 @@ def run(ctx: RunContext) -> str:
     adjustments: list[str] = []
     started = time.monotonic()
     resume = resume_point(checkpoints, ctx.fingerprint)
+    done = finished_state(resume) if resume else None
+    if resume and done:
+        return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end)
     while True:
         if resume:
             relocate_best(resume)
@@ -64,7 +68,6 @@ def run(ctx: RunContext) -> str:
             ctx.note("training", note)
     state = trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
-    evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
     parts = [f"{state.global_step} optimizer steps in {format_duration(time.monotonic() - started)}"]
     if resume:
         parts.append(f"resumed from {resume.name}")
@@ -72,8 +75,23 @@ def run(ctx: RunContext) -> str:
         parts.append("out of GPU memory, adjusted: " + "; ".join(adjustments))
     if losses:
         parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} (mean {result.training_loss:.4f})")
-    if evals:
-        parts.append(f"eval loss {evals[-1]:.4f}")
-    if state.best_model_checkpoint and plan.args.load_best_model_at_end:
-        parts.append(f"best: {Path(state.best_model_checkpoint).name}")
-    return "; ".join(parts)
+    best = state.best_model_checkpoint if plan.args.load_best_model_at_end else None
+    return "; ".join(parts + _evaluated(state.log_history, best))
+
+
+def _evaluated(log_history: list[dict], best: str | None) -> list[str]:
+    evals = [h["eval_loss"] for h in log_history if "eval_loss" in h]
+    return ([f"eval loss {evals[-1]:.4f}"] if evals else []) + ([f"best: {Path(best).name}"] if best else [])
+
+
+def _finished_earlier(model: torch.nn.Module, resume: Path, state: dict, load_best: bool) -> str:
+    """An earlier attempt trained every step and was stopped after (saving, grading): take its weights, as the
+    Trainer would have left them (the best checkpoint's, with load_best_model_at_end), without training."""
+    best = state.get("best_model_checkpoint") if load_best else None
+    source = resume.parent / Path(best).name if best and (resume.parent / Path(best).name).is_dir() else resume
+    set_peft_model_state_dict(model, load_file(source / "adapter_model.safetensors"))
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    parts = [f"{state['global_step']} optimizer steps, all in an earlier attempt; resumed from {resume.name}"]
+    if losses:
+        parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    return "; ".join(parts + _evaluated(state["log_history"], str(source) if best else None))
