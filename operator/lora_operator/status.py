@@ -25,6 +25,7 @@ from lora_contract.api import (
     Phase,
     TrainerStatus,
 )
+from lora_contract.wire import EXIT_INTERRUPTED
 from lora_contract.xp import xp_for
 from lora_operator import builders
 from lora_operator import reasons as R
@@ -114,6 +115,18 @@ def _uncounted_failure(job: dict[str, Any], pod: dict[str, Any]) -> bool:
     return pod["metadata"].get("uid") not in uncounted
 
 
+def _retry_note(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+    """Why there is a new pod: failed ones (counted against backoffLimit), or the newest ended pod stopped by a
+    signal after saving a checkpoint (a disruption the Job does not count: a user would see no cause)."""
+    failed = (job.get("status") or {}).get("failed") or 0
+    note = f"retry {failed} after a failed pod" if failed else ""
+    ended = _newest([p for p in pods if (p.get("status") or {}).get("phase") == "Failed"])
+    if ended and (_terminated(ended) or {}).get("exitCode") == EXIT_INTERRUPTED:
+        stopped = f"pod {ended['metadata']['name']} was stopped by SIGTERM; the retry resumes from its checkpoint"
+        note = f"{note}; {stopped}" if note else stopped
+    return f" ({note})" if note else ""
+
+
 def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool = False) -> Observation | None:
     """Where the run is, from the Job and its pods alone; None while they say nothing new (a pod failed and
     the Job controller has yet to decide between a retry and failing the Job)."""
@@ -147,8 +160,7 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], queued: bool
     # deadline before it writes FailureTarget, and replaces a deleted pod only once it has failed.
     live = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")]
     pod = _newest(live)
-    failed = (job.get("status") or {}).get("failed") or 0
-    retry = f" (retry {failed} after a failed pod)" if failed else ""
+    retry = _retry_note(job, pods)
     if pod is None:
         if any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
             # The pod is done; the Job controller marks the Job Complete a moment later.

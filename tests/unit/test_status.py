@@ -313,3 +313,16 @@ def test_a_failed_pod_the_job_has_not_counted_yet_changes_nothing() -> None:
                  "Running", name="demo-train-def", created="2026-01-01T11:30:00Z"), uid="uid-2")])]
     assert _phases(retry) == ["Running", "Pending", "Running"]
     assert "retry 1" in observe(retrying, [_tracked(crashed, finalizer=False)]).message
+
+
+def test_a_pod_stopped_by_sigterm_is_named_as_the_reason_for_the_retry() -> None:
+    """Exit 143 is a disruption the Job does not count (failed stays 0): the message says why a new pod comes."""
+    stopped = _tracked(_pod("Failed", terminated={"exitCode": 143, "reason": "Error"}), finalizer=False)
+    obs = observe(_job(), [stopped])
+    assert (obs.phase, obs.reason) == ("Pending", "CreatingPod")
+    assert "retry" not in obs.message.split("(")[0] and "pod demo-train-abc was stopped by SIGTERM; the retry " \
+        "resumes from its checkpoint" in obs.message
+    running = _tracked(_pod("Running", name="demo-train-new", created="2026-01-01T11:05:00Z"), uid="uid-2")
+    assert "stopped by SIGTERM" in observe(_job(), [stopped, running]).message
+    crashed = _tracked(_pod("Failed", terminated={"exitCode": 1, "reason": "Error"}), finalizer=False)
+    assert "SIGTERM" not in observe(_job(failed=1), [crashed]).message
