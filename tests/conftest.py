@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -332,6 +332,25 @@ def trainer_pid(kubectl: Kubectl, namespace: str, name: str) -> int:
     return int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("lora-test://"))
 
 
+def trainer_running(kubectl: Kubectl, namespace: str, name: str) -> bool:
+    """The run has a running trainer pod (its process group exists: the test node starts it as it reports the
+    pod Running)."""
+    try:
+        return bool(trainer_pid(kubectl, namespace, name))
+    except ValueError:  # no running pod yet
+        return False
+
+
+@contextmanager
+def held_trainer(kubectl: Kubectl, namespace: str, name: str, timeout: float = 180) -> Iterator[int]:
+    """``frozen_trainer`` from the moment the run's trainer pod runs: a test that needs the run mid-way at a point
+    of its choosing gets there with ``run_until``, since the tiny model may train to the end between two polls
+    for anything that comes later (a report, a checkpoint). Yields the process group id."""
+    wait_for("the trainer pod", lambda: trainer_running(kubectl, namespace, name), timeout=timeout)
+    with frozen_trainer(kubectl, namespace, name) as pgid:
+        yield pgid
+
+
 @contextmanager
 def frozen_trainer(kubectl: Kubectl, namespace: str, name: str) -> Iterator[int]:
     """The run's trainer stopped (SIGSTOP) inside the block: the tiny model trains 50 steps a second, so a
@@ -344,6 +363,21 @@ def frozen_trainer(kubectl: Kubectl, namespace: str, name: str) -> Iterator[int]
     finally:
         with suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGCONT)
+
+
+def run_until(pgid: int, done: Callable[[], bool], slice_s: float, timeout: float = 180,
+              pause_s: float = 0.0) -> None:
+    """Let a frozen (SIGSTOPped) trainer run in slices of ``slice_s`` until ``done()``, which is checked while
+    it is stopped: at 50 steps/s this is how a test stops it at a point of its choosing, not a sleep's. Between
+    slices it stays stopped at least ``pause_s``: for a ``done`` that waits on something other than the trainer
+    (the operator's writes) and costs nothing to check, so the trainer would otherwise run almost free."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"the trainer did not get there in {timeout}s"
+        os.killpg(pgid, signal.SIGCONT)
+        time.sleep(slice_s)
+        os.killpg(pgid, signal.SIGSTOP)
+        time.sleep(pause_s)
 
 
 def sigterm_pending(pid: int) -> bool:

@@ -1,13 +1,14 @@
-"""What every fault test shares: the table's record, stepping a frozen trainer, and the final checks."""
+"""What every fault test shares: the table's record, holding the trainer at its first checkpoint, and the final
+checks."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import yaml
 
 from lora_trainer.checkpoints import MARKER
 from lora_trainer.steps.saving import sha256
-from tests.conftest import Kubectl, trainer_pid, wait_for
+from tests.conftest import Kubectl, held_trainer, run_until, trainer_running, wait_for
 
 # Where the suite writes its rows (``python -m tests.faults`` sets it and renders them).
 RECORD_ENV = "LORA_FAULTS_RECORD"
@@ -63,27 +64,20 @@ def first_checkpoint(kubectl: Kubectl, namespace: str, name: str) -> Path:
     is complete (watched on the volume, not in the status, which trails the trainer by a report interval).
     Returns the run's output folder."""
     out = output_dir(kubectl, namespace, name)
-    wait_for("the trainer pod", lambda: _running(kubectl, namespace, name), timeout=180)
+    wait_for("the trainer pod", lambda: trainer_running(kubectl, namespace, name), timeout=180)
     wait_for("the first checkpoint", lambda: complete_checkpoints(out), timeout=180, interval=0.02)
     return out
 
 
-def _running(kubectl: Kubectl, namespace: str, name: str) -> bool:
-    try:
-        return bool(trainer_pid(kubectl, namespace, name))
-    except ValueError:  # no running pod yet
-        return False
-
-
-def run_until(pgid: int, done: Callable[[], bool], slice_s: float, timeout: float = 180) -> None:
-    """Let a frozen (SIGSTOPped) trainer run in slices of ``slice_s`` until ``done()``, which is checked while
-    it is stopped: at 50 steps/s this is how a test stops it at a point of its choosing, not a sleep's."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"the trainer did not get there in {timeout}s"
-        os.killpg(pgid, signal.SIGCONT)
-        time.sleep(slice_s)
-        os.killpg(pgid, signal.SIGSTOP)
+@contextmanager
+def held_at_first_checkpoint(kubectl: Kubectl, namespace: str, name: str) -> Iterator[tuple[Path, int]]:
+    """``first_checkpoint`` with the trainer held (SIGSTOP) from its start and kept stopped there inside the
+    block: for a test whose fault must land mid-run, which a trainer running free between the checkpoint and
+    the freeze need not be. Yields the run's output folder and the trainer's process group id."""
+    out = output_dir(kubectl, namespace, name)
+    with held_trainer(kubectl, namespace, name) as pgid:
+        run_until(pgid, lambda: complete_checkpoints(out), slice_s=0.05)
+        yield out, pgid
 
 
 def terminal(kubectl: Kubectl, namespace: str, name: str, timeout: float = 300) -> tuple[dict, float]:

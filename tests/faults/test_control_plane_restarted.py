@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import StatusRecorder, assert_succeeded_with_results, frozen_trainer, pvc, tiny_run
+from tests.conftest import StatusRecorder, assert_succeeded_with_results, frozen_trainer, pvc, run_until, tiny_run
 from tests.faults.conftest import (
     Row,
     assert_once,
@@ -16,7 +16,6 @@ from tests.faults.conftest import (
     event_counts,
     first_checkpoint,
     outcome,
-    run_until,
     terminal,
 )
 

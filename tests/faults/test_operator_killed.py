@@ -14,6 +14,7 @@ from tests.conftest import (
     assert_succeeded_with_results,
     frozen_trainer,
     pvc,
+    run_until,
     tiny_run,
     wait_for,
 )
@@ -24,9 +25,9 @@ from tests.faults.conftest import (
     complete_checkpoints,
     event_counts,
     first_checkpoint,
+    held_at_first_checkpoint,
     outcome,
     ready_reason,
-    run_until,
     terminal,
 )
 
@@ -69,8 +70,12 @@ def while_running(kubectl, operator, namespace, models, test_node) -> float:
 
 def after_the_job_completed(kubectl, operator, namespace, models, test_node) -> float:
     kubectl.apply(tiny_run(NAME, models), namespace)
-    first_checkpoint(kubectl, namespace, NAME)
-    with frozen_trainer(kubectl, namespace, NAME):
+    with held_at_first_checkpoint(kubectl, namespace, NAME):
+        # The status must say Running, and its Event be posted, before the kill: the restarted operator sees the
+        # Job complete and goes on to Succeeded, so neither would come later. It derives Running from the pod,
+        # which needs no step of the (held) trainer; a slow operator may not have got there by checkpoint 40.
+        wait_for("Running", lambda: kubectl.status(namespace, NAME).get("phase") == "Running", timeout=60)
+        kubectl.events(namespace, NAME, "TrainerRunning")  # the Running Event (Kopf posts it after the write)
         operator.kill()
     wait_for("the Job to complete without the operator", lambda: "True" in kubectl(
         "get", "job", f"{NAME}-train", "-n", namespace, "-o",

@@ -14,8 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StatusRecorder, assert_succeeded_with_results, make_tls, pvc, tiny_run
-from tests.faults.conftest import Row, assert_once, children, event_counts, first_checkpoint, outcome, terminal
+from tests.conftest import StatusRecorder, assert_succeeded_with_results, make_tls, pvc, run_until, tiny_run
+from tests.faults.conftest import (
+    Row,
+    assert_once,
+    children,
+    event_counts,
+    held_at_first_checkpoint,
+    outcome,
+    terminal,
+)
 from tests.http_fakes import JsonHandler, serve_https
 
 pytestmark = pytest.mark.integration
@@ -68,14 +76,19 @@ def refuser(kubectl, namespace, tmp_path: Path) -> Iterator[type[StatusRefuser]]
 
 def test_status_writes_answered_409_and_429(kubectl, operator, namespace, tiny_model_pvc, test_node, refuser,
                                             fault_log):
+    """The refusals land mid-run: they are injected with the trainer held at its first checkpoint, which then
+    trains on in short slices (its reports are what the operator writes) until the webhook has answered all six;
+    a trainer running free may finish before the operator, waiting 2 s after each refusal, has written six times."""
     name = "refused"
     kubectl.apply(pvc("artifacts"), namespace)
     recorder = StatusRecorder(kubectl, namespace, name)
     recorder.start()
     kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
-    first_checkpoint(kubectl, namespace, name)
-    refuser.codes.extend([409, 429] * 3)  # the next six status writes, reports and the operator's own alike
-    injected = time.monotonic()
+    with held_at_first_checkpoint(kubectl, namespace, name) as (_, pgid):
+        refuser.codes.extend([409, 429] * 3)  # the next six status writes, reports and the operator's own alike
+        # About two steps a second: the webhook's state costs nothing to check, so without the pause it ran free.
+        run_until(pgid, lambda: not refuser.codes, slice_s=0.05, pause_s=1.0)
+    lifted = time.monotonic()  # the end of the fault: the last refusal answered, the trainer let go
     status, done = terminal(kubectl, namespace, name)
     recorder.join(timeout=60)
     assert_succeeded_with_results(status, namespace, name)
@@ -91,4 +104,4 @@ def test_status_writes_answered_409_and_429(kubectl, operator, namespace, tiny_m
     fault_log.record(Row(5, "status writes answered 409 and 429 (an admission webhook refuses the next six)",
                          "written again after a pause; nothing regresses; Succeeded with metrics and XP",
                          f"refused: {refused}; " + outcome(kubectl, namespace, name, status, events),
-                         round(done - injected, 1)))
+                         round(done - lifted, 1)))

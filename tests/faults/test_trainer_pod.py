@@ -15,9 +15,9 @@ from tests.conftest import (
     assert_succeeded_with_results,
     frozen_trainer,
     pvc,
+    run_until,
     sigterm_pending,
     tiny_run,
-    trainer_pid,
     training_step,
     wait_for,
 )
@@ -28,9 +28,9 @@ from tests.faults.conftest import (
     complete_checkpoints,
     event_counts,
     first_checkpoint,
+    held_at_first_checkpoint,
     outcome,
     output_dir,
-    run_until,
     terminal,
 )
 
@@ -106,21 +106,22 @@ def test_run_deleted_mid_training(kubectl, operator, namespace, tiny_model_pvc, 
 
 def test_trainer_killed_inside_the_save_step(kubectl, operator, namespace, tiny_model_pvc, test_node, fault_log):
     """SIGKILL (an OOM kill, a node crash) while step 5 writes the adapter: it goes to adapter.partial/ and is
-    renamed adapter/ only when complete, so the killed attempt leaves nothing that looks finished."""
+    renamed adapter/ only when complete, so the killed attempt leaves nothing that looks finished. The trainer is
+    held from its start (else it may train past the last checkpoint, even save the adapter, before it is
+    stopped) and let on in slices up to the kill."""
     name = "halfsaved"
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
-    out = first_checkpoint(kubectl, namespace, name)
-    pgid = trainer_pid(kubectl, namespace, name)
-    os.killpg(pgid, signal.SIGSTOP)
     last = tiny_run(name, tiny_model_pvc)["spec"]["lora"]["maxSteps"]
-    run_until(pgid, lambda: last - 40 in complete_checkpoints(out), slice_s=0.05)
-    # From here in 2 ms slices, so the kill lands while the adapter is being written (far longer than a slice).
-    staging = out / "adapter.partial"
-    run_until(pgid, lambda: staging.is_dir() and any(staging.iterdir()), slice_s=0.002)
-    assert not (out / "adapter").exists() and not (out / "manifest.json").exists(), "the adapter was already saved"
-    written = sorted(p.name for p in staging.iterdir())
-    os.killpg(pgid, signal.SIGKILL)
+    with held_at_first_checkpoint(kubectl, namespace, name) as (out, pgid):
+        run_until(pgid, lambda: last - 40 in complete_checkpoints(out), slice_s=0.05)
+        # From here in 2 ms slices, so the kill lands while the adapter is being written (far longer than a slice).
+        staging = out / "adapter.partial"
+        run_until(pgid, lambda: staging.is_dir() and any(staging.iterdir()), slice_s=0.002)
+        assert not (out / "adapter").exists() and not (out / "manifest.json").exists(), \
+            "the adapter was already saved"
+        written = sorted(p.name for p in staging.iterdir())
+        os.killpg(pgid, signal.SIGKILL)
     injected = time.monotonic()
     status, done = terminal(kubectl, namespace, name)
     assert_succeeded_with_results(status, namespace, name)

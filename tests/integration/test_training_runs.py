@@ -9,7 +9,6 @@ GPU requests schedule as on a GPU node and the trainer then takes its CPU path.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
@@ -19,8 +18,9 @@ from tests.conftest import (
     TINY_LORA,
     StatusRecorder,
     assert_succeeded_with_results,
-    frozen_trainer,
+    held_trainer,
     pvc,
+    run_until,
     tiny_run,
     training_step,
     wait_for,
@@ -61,22 +61,29 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
 
 def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, tiny_model_pvc, test_node):
     """A restarted operator adopts the running Job (no second one), the trainer's reports resume where they
-    were and nothing goes backwards; deleting the run removes Job and pods."""
+    were and nothing goes backwards; deleting the run removes Job and pods. The trainer is held from its start
+    and let on in slices, so each step of the test finds it mid-run however fast it trains."""
     kubectl.apply(pvc("artifacts"), namespace)
     recorder = StatusRecorder(kubectl, namespace, "restart")
     kubectl.apply(tiny_run("restart", tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 1000}),
                   namespace)
     recorder.start()
-    wait_for("training reported", lambda: training_step(kubectl, namespace, "restart") > 0, timeout=180,
-             interval=0.2)
-    with frozen_trainer(kubectl, namespace, "restart"):
+    with held_trainer(kubectl, namespace, "restart") as pgid:
+        # Long slices while it starts up: a thousand steps leave room for 25 a slice.
+        run_until(pgid, lambda: training_step(kubectl, namespace, "restart") > 0, slice_s=0.5)
         operator.stop()
-    time.sleep(4)  # the trainer trains on; its reports (every 3 s at most) are refused and back off
-    with frozen_trainer(kubectl, namespace, "restart"):
+        pod = kubectl("get", "pods", "-n", namespace, "-o", "name", "-l", "batch.kubernetes.io/job-name=restart-train")
+        stderr = test_node.pod_dir(namespace, pod.strip().removeprefix("pod/")) / "stderr.log"
+        # The trainer trains on until a report is refused (it logs the first failure, then backs off).
+        run_until(pgid, lambda: "progress report to" in stderr.read_text(), slice_s=0.05)
         at_stop = training_step(kubectl, namespace, "restart")
         operator.start()  # the trainer's backoff runs out meanwhile: its next report goes out at once
-    wait_for("reports after the restart", lambda: training_step(kubectl, namespace, "restart") > at_stop or
-             kubectl.status(namespace, "restart").get("phase") == "Succeeded", timeout=180, interval=0.2)
+        run_until(pgid, lambda: training_step(kubectl, namespace, "restart") > at_stop, slice_s=0.05)
+        live = kubectl.status(namespace, "restart")
+        assert live["phase"] == "Running" and live["trainer"]["trainingStep"] > at_stop, live
+        # Still held, so the recorder sees the live report too, not only the final summary.
+        wait_for("the recorder to see the live report", lambda: [
+            s for s in recorder.seen if s["phase"] == "Running" and (s["trainingStep"] or 0) > at_stop], timeout=30)
     recorder.join(timeout=600)
     status = kubectl.status(namespace, "restart")
     assert_succeeded_with_results(status, namespace, "restart")
@@ -124,10 +131,10 @@ def test_final_metrics_arrive_through_the_termination_message_when_the_operator_
 ):
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(tiny_run("cut", tiny_model_pvc), namespace)
-    wait_for("the trainer's first report", lambda: any(
-        s.get("state") != "Pending" for s in (kubectl.status(namespace, "cut").get("trainer") or {}).get("steps", [])),
-        timeout=180, interval=0.2)
-    with frozen_trainer(kubectl, namespace, "cut"):  # else the trainer may finish while the operator stops
+    # Held from its start, else the trainer may finish before the operator stops (or even before it is frozen).
+    with held_trainer(kubectl, namespace, "cut") as pgid:
+        run_until(pgid, lambda: any(s.get("state") != "Pending" for s in (
+            kubectl.status(namespace, "cut").get("trainer") or {}).get("steps", [])), slice_s=0.2)  # a first report
         operator.stop()
     assert kubectl.status(namespace, "cut").get("phase") != "Succeeded"
     wait_for("the trainer to finish without the operator", lambda: [
