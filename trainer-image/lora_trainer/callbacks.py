@@ -25,9 +25,9 @@ class ProgressCallback(TrainerCallback):
     stop signal saves a checkpoint at the end of the optimizer step in progress, then stops the run."""
 
     def __init__(self, emit: Callable[[TrainerEvent], None], fingerprint: str, divergence_factor: float,
-                 signals: StopSignals) -> None:
+                 signals: StopSignals | None = None) -> None:
         self.emit, self.fingerprint, self.divergence_factor = emit, fingerprint, divergence_factor
-        self.signals = signals
+        self.signals = signals or StopSignals()  # not installed: no signal ever comes
         self.started = time.monotonic()
         self.start_step = self.start_tokens = 0
         self._announced = False

@@ -31,9 +31,11 @@ def run(ctx: RunContext) -> str:
     adjustments: list[str] = []
     started = time.monotonic()
     resume = resume_point(checkpoints, ctx.fingerprint)
-    done = finished_state(resume) if resume else None
-    if resume and done:
-        return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end)
+    if resume:
+        relocate_best(resume)
+        done = finished_state(resume)
+        if done:
+            return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end)
     while True:
         if resume:
             relocate_best(resume)
@@ -87,8 +89,8 @@ def _evaluated(log_history: list[dict], best: str | None) -> list[str]:
 def _finished_earlier(model: torch.nn.Module, resume: Path, state: dict, load_best: bool) -> str:
     """An earlier attempt trained every step and was stopped after (saving, grading): take its weights, as the
     Trainer would have left them (the best checkpoint's, with load_best_model_at_end), without training."""
-    best = state.get("best_model_checkpoint") if load_best else None
-    source = resume.parent / Path(best).name if best and (resume.parent / Path(best).name).is_dir() else resume
+    best = state.get("best_model_checkpoint") if load_best else None  # relocated into this folder
+    source = Path(best) if best and Path(best).is_dir() else resume
     set_peft_model_state_dict(model, load_file(source / "adapter_model.safetensors"))
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     parts = [f"{state['global_step']} optimizer steps, all in an earlier attempt; resumed from {resume.name}"]
