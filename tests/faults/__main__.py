@@ -53,6 +53,14 @@ def render(rows: list[dict], when: datetime, wall_s: float) -> str:
     ]
     lines += [f"| {cell(r['fault'])} | {cell(r['expected'])} | {cell(r['observed'])} | {r['converge_s']:.1f} |"
               for r in rows]
+    lines += [
+        "",
+        "The process node sends SIGTERM to the pod's process group and SIGKILL after the grace period, capped at "
+        "10 s; a real kubelet does the same to the container's PID 1. The same stops on the real node (a pod "
+        "deleted, a node drained, a run deleted, the operator pod deleted), with the trainer image as PID 1 and "
+        "seconds until each pod was gone, are in [operations.md](operations.md#stopping-deleted-pods-drains-"
+        "preemption) (`tests/realnode/test_real_node.py`).",
+    ]
     return "\n".join(lines) + "\n"
 
 
