@@ -1,6 +1,6 @@
-"""Fault 3: the trainer pod deleted mid-training, the run deleted mid-training, and the trainer killed inside
-the save step. The Job's retry resumes from the step SIGTERM saved (or, after a SIGKILL, the newest complete
-checkpoint), and no half-written adapter is ever reported as an artifact."""
+"""Fault 3: the trainer pod deleted, the run suspended, the run deleted, all mid-training, and the trainer
+killed inside the save step. The Job's retry resumes from the step SIGTERM saved (or, after a SIGKILL, the
+newest complete checkpoint), and no half-written adapter is ever reported as an artifact."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from tests.faults.conftest import (
     held_at_first_checkpoint,
     outcome,
     output_dir,
+    ready_reason,
     terminal,
 )
 
@@ -78,6 +79,41 @@ def test_trainer_pod_deleted_mid_training(kubectl, operator, namespace, tiny_mod
                          f"checkpoint {newest}); Succeeded",
                          outcome(kubectl, namespace, name, status, events) + "; Job failed count 0",
                          round(done - injected, 1)))
+
+
+def test_run_suspended_mid_training(kubectl, operator, namespace, tiny_model_pvc, test_node, fault_log):
+    """`spec.suspend: true` mid-training (as Kueue suspends a preempted workload's Job): the Job controller
+    deletes the pod, the trainer saves the step in progress at SIGTERM; resumed, the new pod continues from
+    exactly that step, and the Job counts no failure."""
+    name = "paused"
+    kubectl.apply(pvc("artifacts"), namespace)
+    kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
+    out = first_checkpoint(kubectl, namespace, name)
+    with frozen_trainer(kubectl, namespace, name) as pid:
+        newest = complete_checkpoints(out)[-1]
+        kubectl("patch", "ltj", name, "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+        wait_for("SIGTERM sent to the held trainer", lambda: sigterm_pending(pid), timeout=60, interval=0.05)
+    stopped = wait_for("the SIGTERM checkpoint", lambda: [n for n in complete_checkpoints(out) if n > newest],
+                       timeout=60, interval=0.05)[0]
+    suspended = wait_for("the run Suspended", lambda: (s := kubectl.status(namespace, name)).get(
+        "phase") == "Suspended" and s, timeout=60, interval=0.2)
+    wait_for("the pod gone while suspended (its GPU free)", lambda: children(kubectl, namespace, name) == (1, 0),
+             timeout=60, interval=0.2)
+    kubectl("patch", "ltj", name, "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    resumed = time.monotonic()
+    status, done = terminal(kubectl, namespace, name)
+    assert_succeeded_with_results(status, namespace, name)
+    assert f"resumed from checkpoint-{stopped};" in _training_message(status), _training_message(status)
+    assert _job_failed(kubectl, namespace, name) == 0
+    events = event_counts(kubectl, namespace, name, "Awarded")
+    assert_once(events, "JobCreated", "Succeeded", "Awarded")
+    fault_log.record(Row(3.3, "the run suspended mid-training (spec.suspend, as Kueue preempts), then resumed",
+                         "SIGTERM: the trainer saves the step in progress; Suspended with no pod; resumed, the new "
+                         f"pod continues from that step (here {stopped}, last periodic checkpoint {newest}); "
+                         "Succeeded, Job failed count 0",
+                         f"in between: {suspended['phase']} ({ready_reason(suspended)}), no pod; then "
+                         + outcome(kubectl, namespace, name, status, events) + "; Job failed count 0",
+                         round(done - resumed, 1)))
 
 
 def test_run_deleted_mid_training(kubectl, operator, namespace, tiny_model_pvc, test_node, fault_log):
