@@ -30,16 +30,12 @@ def run(ctx: RunContext) -> str:
     checkpoints = Path(plan.args.output_dir)
     adjustments: list[str] = []
     started = time.monotonic()
-    resume = resume_point(checkpoints, ctx.fingerprint)
-    if resume:
-        relocate_best(resume)
-        done = finished_state(resume)
-        if done:
-            return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end)
+    resume = _resume_point(checkpoints, ctx.fingerprint)
+    done = finished_state(resume) if resume else None
+    if resume and done:
+        return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end)
     while True:
-        if resume:
-            relocate_best(resume)
-        elif adjustments:  # the failed attempt already moved the weights: start over from the initial ones
+        if adjustments and not resume:  # the failed attempt already moved the weights: start from the initial ones
             set_peft_model_state_dict(model, initial)
         trainer = LabelledLogitsTrainer(
             model=model, args=plan.args, train_dataset=plan.train_rows,
@@ -64,26 +60,34 @@ def run(ctx: RunContext) -> str:
                     f"({'; '.join(adjustments)}): set model.quantization: 4bit, lower lora.maxLength, "
                     "or request a GPU with more memory") from err
             adjustments.append(change)
-            resume = resume_point(checkpoints, ctx.fingerprint)
+            resume = _resume_point(checkpoints, ctx.fingerprint)
             note = f"out of GPU memory: {change}; continuing from {resume.name if resume else 'the start'}"
             print(f"lora-trainer: {note} ({err})", file=sys.stderr)
             ctx.note("training", note)
     state = trainer.state
-    losses = [h["loss"] for h in state.log_history if "loss" in h]
     parts = [f"{state.global_step} optimizer steps in {format_duration(time.monotonic() - started)}"]
     if resume:
         parts.append(f"resumed from {resume.name}")
     if adjustments:
         parts.append("out of GPU memory, adjusted: " + "; ".join(adjustments))
-    if losses:
-        parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} (mean {result.training_loss:.4f})")
     best = state.best_model_checkpoint if plan.args.load_best_model_at_end else None
-    return "; ".join(parts + _evaluated(state.log_history, best))
+    return "; ".join(parts + _curves(state.log_history, best, f" (mean {result.training_loss:.4f})"))
 
 
-def _evaluated(log_history: list[dict], best: str | None) -> list[str]:
+def _resume_point(checkpoints: Path, fingerprint: str) -> Path | None:
+    """The newest complete checkpoint, its best checkpoint looked up in this folder (``relocate_best``)."""
+    resume = resume_point(checkpoints, fingerprint)
+    if resume:
+        relocate_best(resume)
+    return resume
+
+
+def _curves(log_history: list[dict], best: str | None, mean: str = "") -> list[str]:
+    """The step message's loss, eval loss and best checkpoint, from the Trainer's log history."""
+    losses = [h["loss"] for h in log_history if "loss" in h]
     evals = [h["eval_loss"] for h in log_history if "eval_loss" in h]
-    return ([f"eval loss {evals[-1]:.4f}"] if evals else []) + ([f"best: {Path(best).name}"] if best else [])
+    return ([f"loss {losses[0]:.4f} -> {losses[-1]:.4f}{mean}"] if losses else []) + (
+        [f"eval loss {evals[-1]:.4f}"] if evals else []) + ([f"best: {Path(best).name}"] if best else [])
 
 
 def _finished_earlier(model: torch.nn.Module, resume: Path, state: dict, load_best: bool) -> str:
@@ -92,8 +96,5 @@ def _finished_earlier(model: torch.nn.Module, resume: Path, state: dict, load_be
     best = state.get("best_model_checkpoint") if load_best else None  # relocated into this folder
     source = Path(best) if best and Path(best).is_dir() else resume
     set_peft_model_state_dict(model, load_file(source / "adapter_model.safetensors"))
-    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     parts = [f"{state['global_step']} optimizer steps, all in an earlier attempt; resumed from {resume.name}"]
-    if losses:
-        parts.append(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-    return "; ".join(parts + _evaluated(state["log_history"], str(source) if best else None))
+    return "; ".join(parts + _curves(state["log_history"], str(source) if best else None))
