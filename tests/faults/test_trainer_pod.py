@@ -46,6 +46,21 @@ def _job_failed(kubectl, namespace: str, name: str) -> int:
     return (kubectl.get("job", f"{name}-train", namespace)["status"]).get("failed") or 0
 
 
+def _saved_at_sigterm(kubectl, namespace: str, name: str, out, inject) -> tuple[int, int, int, float]:
+    """Hold the trainer, ``inject()`` what makes the node send SIGTERM, let it go once SIGTERM is pending (so it
+    lands mid-training); return the newest periodic checkpoint, the step reported before, the checkpoint SIGTERM
+    saved, and when the trainer was let go (time.monotonic)."""
+    with frozen_trainer(kubectl, namespace, name) as pid:
+        newest = complete_checkpoints(out)[-1]
+        reported = training_step(kubectl, namespace, name)
+        inject()
+        wait_for("SIGTERM sent to the held trainer", lambda: sigterm_pending(pid), timeout=60, interval=0.05)
+    released = time.monotonic()
+    stopped = wait_for("the SIGTERM checkpoint", lambda: [n for n in complete_checkpoints(out) if n > newest],
+                       timeout=60, interval=0.05)[0]
+    return newest, reported, stopped, released
+
+
 def test_trainer_pod_deleted_mid_training(kubectl, operator, namespace, tiny_model_pvc, test_node, fault_log):
     """`kubectl delete pod` with a grace period: SIGTERM reaches the trainer (held still until then, so it lands
     mid-training), which finishes its optimizer step, saves it and exits 143; the Job ignores that exit (no
@@ -54,15 +69,12 @@ def test_trainer_pod_deleted_mid_training(kubectl, operator, namespace, tiny_mod
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
     out = first_checkpoint(kubectl, namespace, name)
-    with frozen_trainer(kubectl, namespace, name) as pid:
-        newest = complete_checkpoints(out)[-1]
-        reported = training_step(kubectl, namespace, name)
+
+    def delete_pod() -> None:
         pod = kubectl("get", "pods", "-n", namespace, "-o", "name", "-l", f"batch.kubernetes.io/job-name={name}-train")
         kubectl("delete", pod.strip(), "-n", namespace, "--grace-period=30", "--wait=false")
-        wait_for("SIGTERM sent to the held trainer", lambda: sigterm_pending(pid), timeout=60, interval=0.05)
-    injected = time.monotonic()
-    stopped = wait_for("the SIGTERM checkpoint", lambda: [n for n in complete_checkpoints(out) if n > newest],
-                       timeout=60, interval=0.05)[0]
+
+    newest, reported, stopped, injected = _saved_at_sigterm(kubectl, namespace, name, out, delete_pod)
     status, done = terminal(kubectl, namespace, name)
     assert_succeeded_with_results(status, namespace, name)
     # Steps lost: 0. The retry starts from the step the deleted pod stopped at, not the last periodic save.
@@ -89,12 +101,8 @@ def test_run_suspended_mid_training(kubectl, operator, namespace, tiny_model_pvc
     kubectl.apply(pvc("artifacts"), namespace)
     kubectl.apply(tiny_run(name, tiny_model_pvc), namespace)
     out = first_checkpoint(kubectl, namespace, name)
-    with frozen_trainer(kubectl, namespace, name) as pid:
-        newest = complete_checkpoints(out)[-1]
-        kubectl("patch", "ltj", name, "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
-        wait_for("SIGTERM sent to the held trainer", lambda: sigterm_pending(pid), timeout=60, interval=0.05)
-    stopped = wait_for("the SIGTERM checkpoint", lambda: [n for n in complete_checkpoints(out) if n > newest],
-                       timeout=60, interval=0.05)[0]
+    newest, _, stopped, _ = _saved_at_sigterm(kubectl, namespace, name, out, lambda: kubectl(
+        "patch", "ltj", name, "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}'))
     suspended = wait_for("the run Suspended", lambda: (s := kubectl.status(namespace, name)).get(
         "phase") == "Suspended" and s, timeout=60, interval=0.2)
     wait_for("the pod gone while suspended (its GPU free)", lambda: children(kubectl, namespace, name) == (1, 0),

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, pvc, sigterm_pending, wait_for
+from tests.faults.conftest import complete_checkpoints
 from tests.realnode.conftest import RELEASE_NAMESPACE
 
 pytestmark = [pytest.mark.integration, pytest.mark.realnode]
@@ -124,11 +125,6 @@ def test_a_memory_limit_too_small_ends_failed_with_reason_oomkilled(rk, operator
     rk.events(real_namespace, "oom", "OOMKilled")
 
 
-def _complete(run_dir: Path) -> list[int]:
-    return sorted(int(m.parent.name.removeprefix("checkpoint-"))
-                  for m in run_dir.glob("checkpoints/checkpoint-*/lora-trainer-complete.json"))
-
-
 def _host_pid(real_cluster, pod: dict) -> int:
     """The host PID of the pod's trainer, PID 1 of its container (containerd's task of that container)."""
     container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
@@ -166,7 +162,7 @@ def _stop_at_sigterm(rk, real_cluster, namespace: str, run: str, run_dir: Path, 
     pod = _running_pod(rk, namespace, run)
     pid = _host_pid(real_cluster, pod)
     with _held(pid):
-        newest = _complete(run_dir)[-1]
+        newest = complete_checkpoints(run_dir)[-1]
         reported = rk.status(namespace, run)["trainer"]["trainingStep"]
         started = time.monotonic()
         fault(pod["metadata"]["name"])
@@ -174,8 +170,8 @@ def _stop_at_sigterm(rk, real_cluster, namespace: str, run: str, run_dir: Path, 
     wait_for("the pod gone", lambda: pod["metadata"]["name"] not in [p["metadata"]["name"] for p in _pods(
         rk, namespace, run)], timeout=300, interval=0.2)
     gone = time.monotonic() - started
-    saved = [n for n in _complete(run_dir) if n > newest]
-    assert saved and saved[0] >= reported, (newest, reported, _complete(run_dir))
+    saved = [n for n in complete_checkpoints(run_dir) if n > newest]
+    assert saved and saved[0] >= reported, (newest, reported, complete_checkpoints(run_dir))
     return newest, saved[0], gone
 
 
@@ -187,7 +183,7 @@ def test_pods_deleted_and_drained_mid_training_save_at_sigterm_and_the_retry_res
     volume = _claim(rk, real_namespace, "artifacts")
     rk.apply(_run("resume", "artifacts"), real_namespace)
     run_dir = volume / real_namespace / "resume"
-    wait_for("a complete checkpoint on the PVC", lambda: _complete(run_dir), timeout=600, interval=1)
+    wait_for("a complete checkpoint on the PVC", lambda: complete_checkpoints(run_dir), timeout=600, interval=1)
 
     def delete(pod: str) -> None:
         rk("delete", "pod", pod, "-n", real_namespace, "--wait=false")  # the spec's grace period: 120 s
@@ -235,7 +231,7 @@ def test_a_run_deleted_mid_training_stops_its_pod_in_seconds(rk, real_cluster, o
     rk("delete", "ltj", "dropped", "-n", real_namespace, "--wait=false")
     wait_for("the run's pod gone", lambda: not _pods(rk, real_namespace, "dropped"), timeout=300, interval=0.2)
     gone = time.monotonic() - started
-    saved = _complete(volume / real_namespace / "dropped")
+    saved = complete_checkpoints(volume / real_namespace / "dropped")
     assert saved and 0 < saved[-1] < 10_000, saved  # the checkpoint SIGTERM asked for, not a periodic one
     print(f"MEASURED kubectl delete ltj: pod gone {gone:.1f} s after the delete (checkpoint-{saved[-1]} saved)")
 
