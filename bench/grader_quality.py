@@ -43,6 +43,9 @@ from typing import Any
 from lora_contract.api import GraderSpec
 from lora_trainer.grader import Grader, ItemGrade, make_grader
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overlap_grader import OverlapGrader
+
 ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_DATA = ROOT / "bench" / "data" / "grader_cases.jsonl"
@@ -276,8 +279,10 @@ def render(cases: Sequence[Case], results: dict[str, dict[str, Any]]) -> str:
 
 
 def graders() -> list[tuple[str, Grader]]:
-    """The graders compared, one column each; append a new grader here."""
-    return [("builtin (current)", make_grader(GraderSpec.model_validate({"type": "builtin"})))]
+    """The graders compared, one column each: the overlap grader the product used before issue 16, and the
+    builtin grader as the product makes it now; append another here."""
+    return [("overlap (old)", OverlapGrader()),
+            ("facts (builtin)", make_grader(GraderSpec.model_validate({"type": "builtin"})))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

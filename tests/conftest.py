@@ -398,6 +398,7 @@ def training_step(kubectl: Kubectl, namespace: str, name: str) -> int:
 
 @pytest.fixture
 def judge_server() -> Iterator[type[Judge]]:
-    """A local OpenAI-compatible judge: set ``reply`` (and ``status``), read ``seen``, point graders at ``url``."""
+    """A local OpenAI-compatible judge: set ``reply`` (and ``status``), or ``script``, ``scorer`` and ``gate``
+    (``tests.http_fakes.Judge``); read ``seen``; point graders at ``url``."""
     with judge() as handler:
         yield handler

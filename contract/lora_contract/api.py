@@ -315,8 +315,11 @@ class SecretKeyRef(_Model):
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret.")
 
 
+GraderType = Literal["builtin", "llmJudge"]
+
+
 class GraderSpec(_Model):
-    """THE_ANSWER grader: builtin (deterministic, offline) or an OpenAI-compatible judge."""
+    """THE_ANSWER grader: builtin (deterministic, offline) or an OpenAI-compatible judge (docs/grading.md)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -327,11 +330,28 @@ class GraderSpec(_Model):
         }
     )
 
-    type: Literal["builtin", "llmJudge"] = Field("builtin", description="Grader implementation.")
+    type: GraderType = Field("builtin", description="Grader implementation.")
     endpoint: str | None = Field(None, pattern=r"^https?://", max_length=2048,
                                  description="OpenAI-compatible base URL (llmJudge).")
     model: str | None = Field(None, max_length=256, description="Judge model name (llmJudge).")
     api_key_secret: SecretKeyRef | None = Field(None, description="Secret key with the API key.")
+    timeout_seconds: int = Field(
+        60, ge=1, le=600,
+        description="Seconds one judge request may wait to connect, to send and for each part of the reply "
+                    "before it is abandoned and retried (llmJudge).")
+    max_retries: int = Field(
+        4, ge=0, le=10,
+        description="Retries of a judge request that failed on a connection error, a timeout or HTTP 408, 409, "
+                    "429 or 5xx, after the server's Retry-After (up to 120 s; a longer one is not waited for) "
+                    "or else an exponential backoff (0.5 s doubling to at most 8 s, less up to 25% jitter). "
+                    "A reply without valid scores is asked once more (llmJudge).")
+    concurrency: int = Field(4, ge=1, le=32, description="Judge requests in flight at once (llmJudge).")
+    on_unavailable: Literal["fallback", "fail"] = Field(
+        "fallback",
+        description="When the judge cannot grade an answer after its retries (llmJudge). fallback: the builtin "
+                    "grader grades before and after (before-metrics regraded from its saved answers when the "
+                    "judge fails in after-metrics); the step message says so and before/after.grader is "
+                    "builtin. fail: the step fails with exit code 1, and the Job retries the pod.")
 
     @model_validator(mode="after")
     def _judge_complete(self) -> GraderSpec:
@@ -520,15 +540,29 @@ class GradeScores(_Reported):
     weighted_overall: float | None = None
     eval_loss: float | None = None
     perplexity: float | None = None
-    seconds_per_answer: float | None = Field(None, ge=0)
-    tokens_per_second: float | None = Field(None, ge=0)
+    seconds_per_answer: float | None = Field(None, ge=0, description="Of the graded answers, amortised per batch.")
+    tokens_per_second: float | None = Field(
+        None, ge=0, description="Of the graded answers: moves with answer length, so not the speed compared.")
+    mean_answer_tokens: float | None = Field(None, ge=0, description="Mean new tokens of the graded answers.")
+    bench_tokens_per_second: float | None = Field(
+        None, ge=0, description="Speed on the fixed workload (same prompts, forced tokens): median of the runs.")
+    bench_noise_percent: float | None = Field(
+        None, ge=0, description="The fixed workload's runs' spread: (max - min) / median x 100.")
     items: int | None = Field(None, ge=0)
+    grader: GraderType | None = Field(
+        None, description="The grader of these scores: builtin also where an llmJudge run fell back to it.")
 
 
 class Improvements(_Reported):
     quality_percent: float | None = None
     quality_points: float | None = None
-    speed_percent: float | None = None
+    knowledge_points: float | None = Field(
+        None, description="100 x (exp(-after evalLoss) - exp(-before evalLoss)): the change of the model's mean "
+        "per-token probability of the held-out reference answers; + is better (docs/grading.md).")
+    speed_percent: float | None = Field(None, description="Change of benchTokensPerSecond; + is faster.")
+    speed_noise_percent: float | None = Field(
+        None, ge=0, description="The larger benchNoisePercent of before and after: a speed change within it is none.")
+    answer_length_percent: float | None = Field(None, description="Change of meanAnswerTokens.")
     eval_loss_delta: float | None = None
     perplexity_percent: float | None = None
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from lora_contract.api import TrainerStatus
+from collections.abc import Callable
+
+from lora_contract.api import Improvements, TrainerStatus
 
 MARKS = {"Completed": "✓", "Active": "▶", "Failed": "✗", "Pending": "·", "Skipped": "-"}
 # (label, GradeScores field) rows of the final report table.
@@ -17,16 +19,10 @@ REPORT_ROWS: tuple[tuple[str, str], ...] = (
     ("held-out loss", "eval_loss"),
     ("perplexity", "perplexity"),
     ("seconds / answer", "seconds_per_answer"),
-    ("tokens / second", "tokens_per_second"),
+    ("answer tokens / s", "tokens_per_second"),
+    ("answer tokens", "mean_answer_tokens"),
+    ("speed, tokens / s", "bench_tokens_per_second"),
     ("graded items", "items"),
-)
-# (Improvements field, format) of the improvements line.
-_IMPROVEMENTS: tuple[tuple[str, str], ...] = (
-    ("quality_percent", "quality {:+.1f}%"),
-    ("quality_points", "quality {:+.1f} points"),
-    ("speed_percent", "speed {:+.1f}%"),
-    ("eval_loss_delta", "held-out loss {:+.4f}"),
-    ("perplexity_percent", "perplexity {:+.1f}%"),
 )
 
 
@@ -36,6 +32,36 @@ def number(value: float | None) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def speed_text(speed_percent: float, noise_percent: float | None) -> str:
+    """'speed: no change (within ±2.1%)' for a change inside the noise band (a band that is unknown counts
+    as none), else 'speed: +12.0% faster' or 'speed: -8.0% slower': a timing difference that repeated runs
+    of one model also show is not a change of the model (docs/grading.md)."""
+    noise = noise_percent or 0.0
+    if abs(speed_percent) <= noise:
+        return f"speed: no change (within ±{noise:.1f}%)"
+    return f"speed: {speed_percent:+.1f}% {'faster' if speed_percent > 0 else 'slower'}"
+
+
+# (Improvements field, its text given its value and the improvements) of the improvements line.
+_IMPROVEMENTS: tuple[tuple[str, Callable[[float, Improvements], str]], ...] = (
+    ("quality_percent", lambda value, _: f"quality {value:+.1f}%"),
+    ("quality_points", lambda value, _: f"quality {value:+.1f} points"),
+    ("knowledge_points", lambda value, _: f"knowledge {value:+.1f} points"),
+    ("speed_percent", lambda value, improvements: speed_text(value, improvements.speed_noise_percent)),
+    ("answer_length_percent", lambda value, _: f"answer length {value:+.1f}%"),
+    ("eval_loss_delta", lambda value, _: f"held-out loss {value:+.4f}"),
+    ("perplexity_percent", lambda value, _: f"perplexity {value:+.1f}%"),
+)
+
+
+def describe_improvements(improvements: Improvements | None) -> list[str]:
+    """The improvements line's parts, in ``_IMPROVEMENTS`` order, for the values that are known."""
+    if improvements is None:
+        return []
+    return [text(value, improvements) for field, text in _IMPROVEMENTS
+            if (value := getattr(improvements, field)) is not None]
 
 
 def report_table(trainer: TrainerStatus, xp: int | None) -> list[str]:
@@ -49,8 +75,7 @@ def report_table(trainer: TrainerStatus, xp: int | None) -> list[str]:
         lines.append(f"  {label:<18}{number(b):>10}{number(a):>10}{change:>10}")
     if lines:
         lines.insert(0, f"  {'':<18}{'before':>10}{'after':>10}{'change':>10}")
-    described = [fmt.format(value) for field, fmt in _IMPROVEMENTS
-                 if trainer.improvements and (value := getattr(trainer.improvements, field)) is not None]
+    described = describe_improvements(trainer.improvements)
     if described:
         lines.append("  improvements: " + ", ".join(described))
     if xp is not None:

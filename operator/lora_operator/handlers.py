@@ -38,6 +38,7 @@ from lora_operator.status import (
     set_condition,
     spec_drift,
     status_patch,
+    xp_refusal,
 )
 from lora_operator.status_writer import RunKey, StatusWriter
 
@@ -371,7 +372,8 @@ def sync(namespace: str, name: str) -> None:
             def derive(pods: list[dict[str, Any]]) -> tuple[LoraTrainingJobStatus, list[KubeEvent]]:
                 return reconcile_status(
                     seen, job, pods, now=_now(), generation=obj["metadata"].get("generation"), stall_timeout=stall,
-                    queued=bool(spec.get("queueName")), untrusted_image=CONFIG.untrusted_image(spec.get("image")))
+                    queued=bool(spec.get("queueName")),
+                    xp_refused=xp_refusal(spec, CONFIG.untrusted_image(spec.get("image"))))
 
             new, events = derive(pods)
             if new.phase in TERMINAL and seen.phase not in TERMINAL:

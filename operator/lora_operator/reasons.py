@@ -43,6 +43,7 @@ IMMUTABLE_AFTER_START = "ImmutableAfterStart"
 SPEC_RESTORED = "SpecRestored"
 AWARDED = "Awarded"
 UNTRUSTED_IMAGE = "UntrustedImage"
+REMOTE_CODE = "RemoteCode"
 NOT_SUCCEEDED = "NotSucceeded"
 
 # Events only.

@@ -271,14 +271,25 @@ def job_gone(status: LoraTrainingJobStatus) -> Observation:
                        "LoraTrainingJob to train again")
 
 
-def _award(status: LoraTrainingJobStatus, untrusted_image: str | None) -> tuple[str, str, str] | None:
+def xp_refusal(spec: dict[str, Any], untrusted_image: str | None) -> tuple[str, str] | None:
+    """(reason, message) when a run must earn no XP whatever it reports, else None: its image is not one the
+    operator trusts to report honestly, or it runs model code from the hub (``model.trustRemoteCode``), which
+    docs/architecture.md counts as hostile: that code runs inside the trainer and could write any report."""
+    if untrusted_image is not None:
+        return R.UNTRUSTED_IMAGE, (f"image {untrusted_image} is not one of the operator's trusted trainer images "
+                                   "(chart value trainer.trustedImages): the run trains and reports, but earns no XP")
+    if ((spec.get("model") or {}).get("trustRemoteCode")) is True:
+        return R.REMOTE_CODE, ("model.trustRemoteCode runs the model's own code from the hub inside the trainer, "
+                               "where it could write any report: the run trains and reports, but earns no XP")
+    return None
+
+
+def _award(status: LoraTrainingJobStatus, refused: tuple[str, str] | None) -> tuple[str, str, str] | None:
     """XP for a Succeeded run, and the XPAwarded condition (status, reason, message); None while there is
     nothing to say yet."""
-    if untrusted_image is not None:
+    if refused is not None:
         status.xp = None
-        return "False", R.UNTRUSTED_IMAGE, (f"image {untrusted_image} is not one of the operator's trusted trainer "
-                                            "images (chart value trainer.trustedImages): the run trains and reports, "
-                                            "but earns no XP")
+        return "False", *refused
     if status.phase == "Failed":
         status.xp = None
         return "False", R.NOT_SUCCEEDED, "only a Succeeded run earns XP"
@@ -299,12 +310,11 @@ def reconcile_status(
     generation: int | None,
     stall_timeout: int,
     queued: bool = False,
-    untrusted_image: str | None = None,
+    xp_refused: tuple[str, str] | None = None,
 ) -> tuple[LoraTrainingJobStatus, list[KubeEvent]]:
     """The new status and the events for one look at the world (``status`` is not modified).
 
-    ``untrusted_image`` names the run's image when it is not one the operator trusts to report honestly:
-    such a run earns no XP."""
+    ``xp_refused`` (``xp_refusal``) says why the run earns no XP whatever it reports."""
     now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     old_phase = status.phase
     new = status.model_copy(deep=True)
@@ -359,8 +369,8 @@ def reconcile_status(
         cond(R.QUALITY_REGRESSED, regressed, R.AFTER_WORSE_THAN_BEFORE if regressed else R.NO_REGRESSION, why)
         if regressed and not condition_true(status, R.QUALITY_REGRESSED):
             events.append(KubeEvent("Warning", R.QUALITY_REGRESSED, why))
-    if old_phase not in TERMINAL or untrusted_image is not None:
-        award = _award(new, untrusted_image)
+    if old_phase not in TERMINAL or xp_refused is not None:
+        award = _award(new, xp_refused)
         if award is not None:
             cond(R.XP_AWARDED, award[0] == "True", award[1], award[2])
             if award[0] == "True" and not condition_true(status, R.XP_AWARDED):

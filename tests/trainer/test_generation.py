@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoModelForCausalLM
 
 from lora_contract.api import GenerationSettings
@@ -30,3 +31,19 @@ def test_batches_answer_like_single_prompts_and_report_each_batch(tiny_model: Pa
 def test_a_row_ends_at_its_first_end_of_turn_token() -> None:
     assert _until_end([5, 6, 2, 0, 0], eos=[2]) == [5, 6, 2]
     assert _until_end([5, 6, 7], eos=[2]) == [5, 6, 7]
+
+
+def test_forced_generation_has_exactly_the_new_tokens_asked_for_whatever_end_of_turn(
+        tiny_model: Path, tiny_tokenizer: Any) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tiny_tokenizer.eos_token_id] = 1e4  # a model that only ever wants to stop
+    model.lm_head = head
+    prompts = [render_prompt(tiny_tokenizer, [{"role": "user", "content": text}]) for text in ("Hi?", "What is XP?")]
+    settings = GenerationSettings(max_new_tokens=9)
+    assert [a.new_tokens for a in generate_many(model, tiny_tokenizer, prompts, settings, context=64)] == [1, 1]
+    forced = generate_many(model, tiny_tokenizer, prompts, settings, context=64, forced=True)
+    assert [a.new_tokens for a in forced] == [9, 9]

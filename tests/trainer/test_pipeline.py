@@ -181,8 +181,10 @@ def test_console_shows_checklist_progress_and_report(finished: Run) -> None:
     assert [line.split()[:3] for line in checklist.splitlines()[:10]] == \
         [["✓", str(i), name] for i, name in enumerate(PIPELINE_STEPS)]
     report = text.split("report:\n", 1)[1]
-    for row in ("weighted overall", "held-out loss", "perplexity", "seconds / answer", "XP:", "adapter:"):
+    for row in ("weighted overall", "held-out loss", "perplexity", "seconds / answer", "answer tokens",
+                "speed, tokens / s", "improvements:", "XP:", "adapter:"):
         assert row in report
+    assert re.search(r"speed: (no change \(within ±[\d.]+%\)|[+-][\d.]+% (faster|slower))", report)
     assert f"XP: {finished.result.xp} for 54 training items" in report and "as the operator awards it" in report
 
 
@@ -335,5 +337,6 @@ def test_grading_steps_report_each_batch_of_answers(finished: Run) -> None:
     """Progress inside the long generation steps, so a slow but healthy run is not taken for Stalled (the
     4 items are one batch here; ``test_generation`` checks one note per batch)."""
     notes = [(e.index, e.message) for e in finished.recorder.events if isinstance(e, NoteEvent)]
-    assert notes == [(0, "4/4 answers generated"), (8, "4/4 answers generated")]
+    bench = "measuring speed: 4 prompts x 16 tokens, a warm-up and 3 timed runs"  # the fixed workload after them
+    assert notes == [(0, "4/4 answers generated"), (0, bench), (8, "4/4 answers generated"), (8, bench)]
     assert "   4/4 answers generated" in finished.console

@@ -44,3 +44,18 @@ def test_render_of_a_new_resource_and_a_table_without_scores_or_xp() -> None:
     assert render("new", LoraTrainingJobStatus()).splitlines()[0] == "LoraTrainingJob new: Pending (0%, )"
     assert report_table(initial_status(), None) == []
     assert report_table(TrainerStatus(before=GradeScores()), None) == []  # no score, no table header
+
+
+def test_the_report_shows_speed_against_its_noise_and_answer_length_as_its_own_figure() -> None:
+    trainer = TrainerStatus(
+        before=GradeScores(tokens_per_second=292.0, mean_answer_tokens=48.0, bench_tokens_per_second=400.0),
+        after=GradeScores(tokens_per_second=32.0, mean_answer_tokens=2.4, bench_tokens_per_second=396.0),
+        improvements=Improvements(speed_percent=-1.0, speed_noise_percent=2.5, answer_length_percent=-95.0))
+    lines = report_table(trainer, None)
+    assert "  answer tokens / s      292.0      32.0      -260" in lines  # the graded answers': moves with length
+    assert "  answer tokens           48.0       2.4     -45.6" in lines
+    assert "  speed, tokens / s      400.0     396.0        -4" in lines  # the fixed workload's
+    assert "  improvements: speed: no change (within ±2.5%), answer length -95.0%" in lines
+    faster = trainer.improvements.model_copy(update={"speed_percent": 12.0, "answer_length_percent": None})
+    assert report_table(trainer.model_copy(update={"improvements": faster}), None)[-1] == \
+        "  improvements: speed: +12.0% faster"

@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 from lora_contract import progress
 from lora_contract.api import Condition, GradeScores, TrainerStatus
 from lora_contract.xp import award_xp
-from lora_operator.status import merge_summary, observe, parse, reconcile_status, set_condition, status_patch
+from lora_operator.status import (
+    merge_summary,
+    observe,
+    parse,
+    reconcile_status,
+    set_condition,
+    status_patch,
+    xp_refusal,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -127,10 +135,17 @@ def test_xp_is_the_operators_and_only_for_a_succeeded_run_of_a_trusted_image() -
     running = {"phase": "Running", "trainer": reported}
     patch, _ = _reconcile(running, _job([{"type": "Complete"}]), [])
     assert patch["xp"] == award_xp(10, None)  # nothing graded: the low multiplier
-    patch, events = _reconcile(running, _job([{"type": "Complete"}]), [], untrusted_image="evil/trainer:1")
+    patch, events = _reconcile(running, _job([{"type": "Complete"}]), [],
+                               xp_refused=xp_refusal({}, "evil/trainer:1"))
     assert "xp" not in patch and "Awarded" not in [e.reason for e in events]
     cond = next(c for c in patch["conditions"] if c["type"] == "XPAwarded")
     assert (cond["status"], cond["reason"]) == ("False", "UntrustedImage") and "evil/trainer:1" in cond["message"]
+    patch, events = _reconcile(running, _job([{"type": "Complete"}]), [],
+                               xp_refused=xp_refusal({"model": {"trustRemoteCode": True}}, None))
+    assert "xp" not in patch and "Awarded" not in [e.reason for e in events]
+    cond = next(c for c in patch["conditions"] if c["type"] == "XPAwarded")
+    assert (cond["status"], cond["reason"]) == ("False", "RemoteCode") and "trustRemoteCode" in cond["message"]
+    assert xp_refusal({"model": {"trustRemoteCode": False}}, None) is None
     patch, _ = _reconcile(running, _job([{"type": "Failed", "reason": "BackoffLimitExceeded"}]), [])
     assert "xp" not in patch
     assert next(c for c in patch["conditions"] if c["type"] == "XPAwarded")["reason"] == "NotSucceeded"

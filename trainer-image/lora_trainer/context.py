@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from lora_contract.api import PIPELINE_STEPS, Artifacts, GradeScores, LoraTrainingJobSpec
+from lora_contract.api import PIPELINE_STEPS, Artifacts, GraderType, GradeScores, LoraTrainingJobSpec
 from lora_contract.progress import NoteEvent, TrainerEvent
 from lora_trainer.evaluation import EvalItem
 from lora_trainer.formats import Example
-from lora_trainer.grader import Grader
+from lora_trainer.grader import BuiltinGrader, Grader
 from lora_trainer.layout import OutputLayout
 from lora_trainer.modeling import LoadedModel
 from lora_trainer.profiles import for_this_machine
@@ -77,6 +77,7 @@ class RunContext:
     quantized: bool = False  # whether that base model was loaded k-bit
     model: Any = None  # the PeftModel being trained, until saving frees it
     grader: Grader | None = None
+    judge_fallback: str | None = None  # once the LLM judge is given up: what the step messages say about it
     items: list[EvalItem] = field(default_factory=list)
     before: GradeScores | None = None
     plan: TrainingPlan | None = None
@@ -105,6 +106,17 @@ class RunContext:
     @property
     def grader_in_use(self) -> Grader:
         return _ready(self.grader, "the grader (step 0)")
+
+    @property
+    def grader_type(self) -> GraderType:
+        """The kind of ``grader``: the spec's, unless the LLM judge was given up (``fall_back_to_builtin``)."""
+        return "builtin" if self.judge_fallback else self.spec.evaluation.grader.type
+
+    def fall_back_to_builtin(self, why: str) -> None:
+        """The builtin grader grades from now on, in place of an LLM judge that failed (``why``); whoever
+        calls this also sees that both evaluations are graded by it (docs/grading.md, the fallback rule)."""
+        self.grader = BuiltinGrader()
+        self.judge_fallback = f"graded by the builtin grader, before and after alike: {why}"
 
     @property
     def saved_probe(self) -> tuple[torch.Tensor, torch.Tensor]:

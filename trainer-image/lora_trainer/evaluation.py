@@ -17,8 +17,8 @@ import torch
 
 from lora_contract.api import EvaluationSpec, GenerationSettings, GradeScores
 from lora_trainer.formats import IGNORE_INDEX, Example, features, render_prompt
-from lora_trainer.generation import generate_many
-from lora_trainer.grader import Grader, aggregate
+from lora_trainer.generation import Answer, generate_many
+from lora_trainer.grader import Grader, GradeRequest, ItemGrade, aggregate, grade_many
 from lora_trainer.loss import labelled_logits
 
 LOSS_BATCH_SIZE = 4
@@ -79,13 +79,12 @@ class GradedRun:
     records: list[dict[str, Any]]  # one per item: query, answer, scores, seconds
 
 
-def grade_model(
-    model: Any, tokenizer: Any, items: Sequence[EvalItem], generation: GenerationSettings, grader: Grader,
-    context: int, seed: int, on_answer: Callable[[int], None] | None = None,
-) -> GradedRun:
-    """Generate the items' answers (timed, in batches: ``generation``) and grade them (not timed);
-    ``on_answer`` hears how many answers are done after each batch (generation is most of the time of the
-    steps that grade).
+def generate_answers(
+    model: Any, tokenizer: Any, items: Sequence[EvalItem], generation: GenerationSettings, context: int, seed: int,
+    on_answer: Callable[[int], None] | None = None,
+) -> list[Answer]:
+    """The items' answers, timed, in batches (``generation``); ``on_answer`` hears how many answers are done
+    after each batch (generation is most of the time of the steps that grade).
 
     One discarded warm-up answer first: the first ``generate`` pays one-time costs (kernel selection,
     allocator growth) that would otherwise be billed to whichever model is graded first."""
@@ -93,9 +92,15 @@ def grade_model(
         generate_many(model, tokenizer, [items[0].prompt_text],
                       generation.model_copy(update={"max_new_tokens": WARMUP_NEW_TOKENS}), context)
     torch.manual_seed(seed)
-    answers = generate_many(model, tokenizer, [i.prompt_text for i in items], generation, context,
-                            on_batch=on_answer)
-    grades = [grader.grade(i.query, a.text, i.reference, i.keywords) for i, a in zip(items, answers, strict=True)]
+    return generate_many(model, tokenizer, [i.prompt_text for i in items], generation, context, on_batch=on_answer)
+
+
+def grade_answers(items: Sequence[EvalItem], answers: Sequence[Answer], grader: Grader) -> GradedRun:
+    """``answers`` to ``items`` graded (not timed: the grader's time is not the model's), with the timings.
+
+    Apart from generating, so that a step whose LLM judge fails can grade the same answers with the builtin
+    grader instead (steps/before_metrics.py)."""
+    grades = _grades(items, [a.text for a in answers], grader)
     records = [
         {"item": i.label, "query": i.query, "reference": i.reference, "answer": a.text,
          "seconds": round(a.seconds, 4), "newTokens": a.new_tokens, **g.as_json()}
@@ -107,6 +112,20 @@ def grade_model(
         seconds_per_answer=round(fmean(a.seconds for a in answers), 4) if answers else None,
         tokens_per_second=round(sum(a.new_tokens for a in answers) / generated_seconds, 2)
         if generated_seconds > 0 else None,
+        mean_answer_tokens=round(fmean(a.new_tokens for a in answers), 2) if answers else None,
         items=len(items),
     )
     return GradedRun(scores, records)
+
+
+def regrade(items: Sequence[EvalItem], graded: GradedRun, grader: Grader) -> GradedRun:
+    """``graded``'s saved answers graded anew by ``grader``; timings, loss and the rest kept. For the evaluation
+    an LLM judge graded before it failed on the other one: both must have the same grader."""
+    grades = _grades(items, [r["answer"] for r in graded.records], grader)
+    records = [{**r, **g.as_json()} for r, g in zip(graded.records, grades, strict=True)]
+    return GradedRun(graded.scores.model_copy(update=aggregate(grades)), records)
+
+
+def _grades(items: Sequence[EvalItem], answers: Sequence[str], grader: Grader) -> list[ItemGrade]:
+    return grade_many(grader, [GradeRequest(i.query, a, i.reference, i.keywords)
+                               for i, a in zip(items, answers, strict=True)])

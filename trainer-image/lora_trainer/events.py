@@ -189,8 +189,10 @@ class ConsoleSink:
             self._write([f"   eval loss {event.eval_loss:.4f} at step {event.step}"])
         elif isinstance(event, MetricsEvent):
             scores = event.scores
+            speed = "" if scores.bench_tokens_per_second is None else (
+                f", speed {number(scores.bench_tokens_per_second)} tokens/s (±{number(scores.bench_noise_percent)}%)")
             self._write([f"   {event.which}: overall {number(scores.overall)}, weighted "
-                         f"{number(scores.weighted_overall)}, held-out loss {number(scores.eval_loss)}"])
+                         f"{number(scores.weighted_overall)}, held-out loss {number(scores.eval_loss)}{speed}"])
         elif isinstance(event, FailureEvent):
             self._write([f" ✗ {event.message}"])
         if isinstance(event, StopEvent):

@@ -49,15 +49,18 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def generate_many(model: Any, tokenizer: Any, prompt_texts: Sequence[str], settings: GenerationSettings,
                   context: int, batch_size: int = BATCH_SIZE,
-                  on_batch: Callable[[int], None] | None = None) -> list[Answer]:
+                  on_batch: Callable[[int], None] | None = None, forced: bool = False) -> list[Answer]:
     """Answers to ``prompt_texts``, ``batch_size`` prompts per ``generate`` call, left-padded. Each answer's
     ``seconds`` is its batch's generation time divided by the batch's answers; ``on_batch`` hears how many
-    answers are done after each batch."""
+    answers are done after each batch. ``forced`` suppresses the end-of-turn tokens until
+    ``max_new_tokens`` (``min_new_tokens`` equal to it), so every answer has exactly that many new tokens
+    whatever the model would say: the speed bench's fixed workload (``lora_trainer.speed``)."""
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
     sampling = {"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {}
+    length = {"min_new_tokens": settings.max_new_tokens} if forced else {}
     config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                              pad_token_id=pad, eos_token_id=eos, **sampling)
+                              pad_token_id=pad, eos_token_id=eos, **sampling, **length)
     device = next(model.parameters()).device
     budget = max(MIN_PROMPT_TOKENS, context - settings.max_new_tokens)
     model.eval()

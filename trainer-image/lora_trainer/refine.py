@@ -13,6 +13,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
+from lora_contract.xp import XP_NEAR_DUPLICATE
 from lora_trainer.formats import Example
 from lora_trainer.text import jaccard, repeated_ngram_fraction, shingles, words
 
@@ -54,6 +55,13 @@ def drop_near_duplicates(examples: list[Example], threshold: float) -> list[Exam
         kept_shingles.append(mine)
         kept.append(example)
     return kept
+
+
+def xp_items(examples: list[Example]) -> int:
+    """Training items that count for XP: distinct after exact and near-duplicate removal at the fixed
+    ``XP_NEAR_DUPLICATE`` threshold, whatever the run's own ``refine`` settings, so turning ``dedupe`` off or
+    ``nearDuplicateThreshold`` up trains on the copies but earns nothing for them."""
+    return len(drop_near_duplicates(drop_exact_duplicates(examples), XP_NEAR_DUPLICATE))
 
 
 def quality_score(example: Example) -> float:

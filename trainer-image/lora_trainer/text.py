@@ -7,7 +7,7 @@ dataset item the refiner scores as repetitive is also what the grader penalizes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")  # letters and digits of any script: \w without "_"
 _SUFFIXES = ("ingly", "edly", "ing", "ies", "ed", "es", "ly", "s")
@@ -89,12 +89,3 @@ def jaccard(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> flo
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
-
-
-def contains_phrase(haystack: Sequence[str], phrase: Iterable[str]) -> bool:
-    """Whether the stemmed ``phrase`` occurs as a contiguous run in stemmed ``haystack``."""
-    needle = [stem(w) for w in phrase]
-    if not needle:
-        return False
-    width = len(needle)
-    return any(list(haystack[i : i + width]) == needle for i in range(len(haystack) - width + 1))

@@ -13,4 +13,5 @@ from lora_trainer.steps.before_metrics import describe, measure
 def run(ctx: RunContext) -> str:
     ctx.after = measure(ctx, ctx.trained_model, "after", ctx.validation_loss)
     ctx.emit(MetricsEvent(which="after", scores=ctx.after))
-    return describe(ctx.after, "trained model") + "; same items as before-metrics"
+    return "; ".join(p for p in (describe(ctx.after, "trained model"), "same items as before-metrics",
+                                 ctx.judge_fallback) if p)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from lora_contract.api import GradeScores, Improvements
 from lora_contract.progress import ReportEvent
-from lora_contract.xp import award_xp, quality_multiplier
+from lora_contract.rendering import speed_text
+from lora_contract.xp import award_xp, knowledge_points, quality_multiplier, quality_signal
 from lora_trainer.context import RunContext
-from lora_trainer.refine import normalized
+from lora_trainer.refine import xp_items
 
 
 def percent_change(old: float | None, new: float | None) -> float | None:
@@ -24,20 +25,20 @@ def _difference(old: float | None, new: float | None) -> float | None:
     return None if old is None or new is None else round(new - old, 6)
 
 
-def _seconds_per_token(scores: GradeScores) -> float | None:
-    """Generation time per generated token: unlike time per answer, it does not reward shorter answers."""
-    return 1 / scores.tokens_per_second if scores.tokens_per_second else None
-
-
 def improvements(before: GradeScores | None, after: GradeScores | None) -> Improvements:
-    """Quality: weighted overall (higher is better). Speed: seconds per generated token, positive =
-    faster. Loss delta and perplexity change: negative = better."""
+    """Quality: weighted overall (higher is better). Speed: tokens per second on the fixed workload
+    (``lora_trainer.speed``: answer length cannot move it), positive = faster, with the larger of the two
+    noise bands; answer length: mean new tokens of the graded answers, a figure of its own. Loss delta and
+    perplexity change: negative = better."""
     b, a = before or GradeScores(), after or GradeScores()
-    speed = percent_change(_seconds_per_token(b), _seconds_per_token(a))
+    speed = percent_change(b.bench_tokens_per_second, a.bench_tokens_per_second)
     return Improvements(
         quality_percent=percent_change(b.weighted_overall, a.weighted_overall),
         quality_points=_difference(b.weighted_overall, a.weighted_overall),
-        speed_percent=None if speed is None else 0.0 - speed,  # (before - after) / before; no -0.0
+        knowledge_points=None if (k := knowledge_points(b.eval_loss, a.eval_loss)) is None else round(k, 4),
+        speed_percent=speed,
+        speed_noise_percent=None if speed is None else max(b.bench_noise_percent or 0.0, a.bench_noise_percent or 0.0),
+        answer_length_percent=percent_change(b.mean_answer_tokens, a.mean_answer_tokens),
         eval_loss_delta=_difference(b.eval_loss, a.eval_loss),
         perplexity_percent=percent_change(b.perplexity, a.perplexity),
     )
@@ -45,18 +46,23 @@ def improvements(before: GradeScores | None, after: GradeScores | None) -> Impro
 
 def run(ctx: RunContext) -> str:
     result = improvements(ctx.before, ctx.after)
-    # Distinct items only: repeating the same rows (dedupe off) earns no XP.
-    train_items = len({normalized(e.text) for e in ctx.dataset.train})
+    # Distinct items only, by a fixed rule: repeating rows or near-copies (refine loosened) earns no XP.
+    train_items = xp_items(ctx.dataset.train)
     ctx.emit(ReportEvent(improvements=result, train_items=train_items, artifacts=ctx.artifacts))
-    # The operator awards the XP (to a Succeeded run of a trusted image); this is its figure by the shared table.
-    xp = award_xp(train_items, result.quality_points)
+    # The operator awards the XP (to a Succeeded run of a trusted image without hub code); this is its figure.
+    knowledge = result.knowledge_points
+    signal = quality_signal(result.quality_points, knowledge)
+    xp = award_xp(train_items, signal)
     parts = [f"the operator awards {xp} XP for {train_items} distinct training items (quality multiplier "
-             f"{quality_multiplier(result.quality_points):.2f}"
-             + (", nothing graded" if result.quality_points is None else "") + ")"]
+             f"{quality_multiplier(signal):.2f}" + (", nothing measured" if signal is None else "") + ")"]
     if result.quality_points is not None:
         parts.append(f"quality {result.quality_points:+.1f} points")
+    if knowledge is not None:
+        parts.append(f"knowledge {knowledge:+.1f} points")
     if result.eval_loss_delta is not None:
         parts.append(f"held-out loss {result.eval_loss_delta:+.4f}")
     if result.speed_percent is not None:
-        parts.append(f"speed {result.speed_percent:+.1f}%")
+        parts.append(speed_text(result.speed_percent, result.speed_noise_percent))
+    if result.answer_length_percent is not None:
+        parts.append(f"answer length {result.answer_length_percent:+.1f}%")
     return "; ".join(parts)

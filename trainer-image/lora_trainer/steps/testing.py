@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 
 from lora_trainer.context import RunContext
+from lora_trainer.facts import Verdict
 from lora_trainer.formats import render_prompt
 from lora_trainer.generation import context_limit, generate_many
+from lora_trainer.grader import BuiltinGrader
 from lora_trainer.layout import write_atomically
-from lora_trainer.text import stems, words
-from lora_trainer.text_metrics import keyword_recall, missing_keywords
+from lora_trainer.text import words
 
 LONG_PROMPT_FACTOR = 4  # the long-prompt edge case is at least this many times the context
 LONG_PROMPT_SENTENCE = "Explain this in as much detail as you can."
@@ -31,14 +32,19 @@ def run(ctx: RunContext) -> str:
         context)
 
     queries, hits, asked = [], 0, 0
+    grader = BuiltinGrader()
     for q, answer in zip(spec.evaluation.queries, answers, strict=True):
-        answer_stems = stems(answer.text)
-        missing = missing_keywords(answer_stems, q.expected_keywords)  # the grader's task-accuracy matching
-        gradable = [k for k in q.expected_keywords if words(k)]
-        hits += len(gradable) - len(missing)
-        asked += len(gradable)
-        queries.append({"query": q.query, "answer": answer.text, "missingKeywords": missing,
-                        "keywordRecall": keyword_recall(answer_stems, q.expected_keywords)})
+        # The builtin grader's keyword checks: a keyword counts where the answer asserts it, not where it
+        # denies it or lists it among wrong alternatives.
+        checks = [c for c in grader.explain(q.query, answer.text, None, q.expected_keywords)[1] if c.keyword]
+        stated = sum(c.verdict is Verdict.SUPPORTED for c in checks)
+        hits += stated
+        asked += len(checks)
+        queries.append({
+            "query": q.query, "answer": answer.text,
+            "missingKeywords": [c.fact.text for c in checks if c.verdict is Verdict.MISSING],
+            "contradictedKeywords": [f"{c.fact.text} ({c.why})" for c in checks if c.verdict is Verdict.CONTRADICTED],
+            "keywordRecall": round(100 * stated / len(checks), 2) if checks else None})
 
     edge = {
         "emptyPrompt": {"answerWords": len(words(empty.text)), "answer": empty.text},
@@ -51,7 +57,7 @@ def run(ctx: RunContext) -> str:
     if queries:
         share = f" ({100 * hits / asked:.0f}%)" if asked else ""
         parts.append(f"{len(queries)} {'query' if len(queries) == 1 else 'queries'}: "
-                     f"{hits}/{asked} expected keywords{share}")
+                     f"{hits}/{asked} expected keywords asserted{share}")
     parts.append(f"empty prompt -> {edge['emptyPrompt']['answerWords']} words")
     parts.append(f"{long.original_prompt_tokens}-token prompt truncated to {long.prompt_tokens} -> "
                  f"{edge['longPrompt']['answerWords']} words")
