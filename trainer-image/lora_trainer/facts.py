@@ -126,15 +126,11 @@ class Token:
 class Text:
     """A text as the grader reads it: tokens with their sentence, clause and list segment."""
 
-    raw: str
     tokens: list[Token]
     segments: dict[tuple[int, int], list[Token]] = field(default_factory=dict)
 
     def stems(self) -> list[str]:
         return [t.key for t in self.tokens]
-
-    def facts(self, kind: Kind | None = None) -> list[Token]:
-        return [t for t in self.tokens if t.kind is not None and (kind is None or t.kind == kind)]
 
     def keys(self) -> set[str]:
         return {t.key for t in self.tokens}
@@ -242,7 +238,7 @@ def read(text: str) -> Text:
         tokens[0].initial = True
     for previous, token in itertools.pairwise(tokens):
         token.initial = token.sentence != previous.sentence
-    return Text(text, tokens, segments)
+    return Text(tokens, segments)
 
 
 def _tokens(clause: str, sentence: int, clause_no: int, segment_base: int, breaks: Sequence[int]) -> list[Token]:
@@ -414,6 +410,19 @@ def _stuffed(answer: Text, token: Token, is_fact: set[int]) -> bool:
     return bad >= STUFFED_ITEMS and bad >= good
 
 
+def _mention_verdict(answer: Text, mentions: Sequence[int], negated: bool, rivals: set[int],
+                     fact_ids: set[int]) -> tuple[Verdict, str]:
+    """How the answer states a fact (or keyword) it mentions at ``mentions``: only with the other polarity
+    than ``negated`` (denied), only hedged among ``rivals`` or buried in a list of wrong items (offered
+    among alternatives), or asserted at least once (stated)."""
+    asserted = [i for i in mentions if answer.tokens[i].negated == negated]
+    if not asserted:
+        return Verdict.CONTRADICTED, "denied"
+    if all(_hedged(answer, i, rivals) or _stuffed(answer, answer.tokens[i], fact_ids) for i in asserted):
+        return Verdict.CONTRADICTED, "offered among alternatives"
+    return Verdict.SUPPORTED, "stated"
+
+
 def check(reference: Text, answer: Text, query_keys: set[str]) -> list[Check]:
     """Each fact of the reference (a token of kind number, entity or term that the query does not
     already hold, first mention only) checked against the answer."""
@@ -432,24 +441,21 @@ def check(reference: Text, answer: Text, query_keys: set[str]) -> list[Check]:
     for i, t in enumerate(answer.tokens):
         mentions.setdefault(t.key, []).append(i)
     substituted = _substitutions(reference, answer, query_keys)
+    # Names share slots by accident ("the Dawn Review" beside two different names): a slot needs a common
+    # word or unit that is no name.
+    names = _entity_keys(reference) | _entity_keys(answer)
     used_rivals: set[int] = set()
     checks: list[Check] = []
     for index, fact in facts:
         core = fact.full_sentence == 0
-        found = mentions.get(fact.key, []) or _approximations(fact, answer, novel)
         if fact.key in substituted:
             checks.append(Check(fact, Verdict.CONTRADICTED, f"{substituted[fact.key]!r} in its place", core))
             continue
+        found = mentions.get(fact.key, []) or _approximations(fact, answer, novel)
         if found:
-            asserted = [i for i in found if answer.tokens[i].negated == fact.negated]
-            if not asserted:
-                checks.append(Check(fact, Verdict.CONTRADICTED, "denied", core))
-            elif all(_hedged(answer, i, novel) or _stuffed(answer, answer.tokens[i], fact_ids) for i in asserted):
-                checks.append(Check(fact, Verdict.CONTRADICTED, "offered among alternatives", core))
-            else:
-                checks.append(Check(fact, Verdict.SUPPORTED, "stated", core))
+            checks.append(Check(fact, *_mention_verdict(answer, found, fact.negated, novel, fact_ids), core))
             continue
-        rival = _rival(reference, index, answer, novel - used_rivals) if fact.kind != Kind.TERM else None
+        rival = _rival(reference, index, answer, novel - used_rivals, names) if fact.kind != Kind.TERM else None
         if rival is not None:
             used_rivals.add(rival)
             checks.append(Check(fact, Verdict.CONTRADICTED, f"{answer.tokens[rival].text!r} in its place", core))
@@ -478,22 +484,18 @@ def _significant(value: float) -> int:
     return len(digits.rstrip("0")) or 1
 
 
-def _rival(reference: Text, index: int, answer: Text, novel: set[int]) -> int | None:
+def _rival(reference: Text, index: int, answer: Text, novel: set[int], names: set[str]) -> int | None:
     """A novel number or entity of the answer in the missing fact's slot: same kind, and a content word
-    (or unit) in common within three words either side."""
+    (or unit) that is none of ``names`` in common within three words either side."""
     fact = reference.tokens[index]
-    slot = _window(reference, index)
+    slot = _window(reference, index) - names
     for i in sorted(novel):
-        t = answer.tokens[i]
-        shared = slot & _window(answer, i)
-        if t.kind == fact.kind and shared - _entity_keys(reference) - _entity_keys(answer):
+        if answer.tokens[i].kind == fact.kind and slot & _window(answer, i):
             return i
     return None
 
 
 def _entity_keys(text: Text) -> set[str]:
-    """Names share slots by accident ("the Dawn Review" beside two different names); a slot needs a
-    common word or unit that is no name."""
     return {t.key for t in text.tokens if t.kind is Kind.ENTITY and not t.unit}
 
 
@@ -541,30 +543,24 @@ def keyword_checks(keywords: Sequence[str], answer: Text, query_keys: set[str]) 
         number = k.tokens[0].value if len(k.tokens) == 1 else None
         # Every keyword weighs the same (weight 1); a number keyword is a number, so a rival number contradicts it.
         fact = Token(raw, " ".join(k.stems()), Kind.NUMBER if number is not None else Kind.TERM, number, 0, 0, 0)
-        if not hits:
-            checks.append(Check(fact, Verdict.MISSING, "not stated", True, keyword=True))
-            continue
-        asserted = [i for i in hits if not answer.tokens[i].negated]
-        if not asserted:
-            checks.append(Check(fact, Verdict.CONTRADICTED, "denied", True, keyword=True))
-        elif all(_hedged(answer, i, novel | wrong_items) or _stuffed(answer, answer.tokens[i], fact_ids)
-                 for i in asserted):
-            checks.append(Check(fact, Verdict.CONTRADICTED, "offered among alternatives", True, keyword=True))
-        else:
-            checks.append(Check(fact, Verdict.SUPPORTED, "stated", True, keyword=True))
+        verdict = _mention_verdict(answer, hits, False, novel | wrong_items, fact_ids) if hits \
+            else (Verdict.MISSING, "not stated")
+        checks.append(Check(fact, *verdict, True, keyword=True))
     missing = [c for c in checks if c.verdict is Verdict.MISSING]
     numbers = [c for c in missing if c.fact.kind is Kind.NUMBER]
-    wrong_numbers = sorted(i for i in novel if answer.tokens[i].kind is Kind.NUMBER)
-    for c, rival in zip(numbers, wrong_numbers, strict=False):  # "400 embers a week" for the expected 40
-        checks[checks.index(c)] = Check(c.fact, Verdict.CONTRADICTED, f"{answer.tokens[rival].text!r} in its place",
-                                        True, keyword=True)
-    missing = [c for c in missing if c not in numbers]
+    # "400 embers a week" for the expected 40
+    _contradict(checks, numbers, sorted(i for i in novel if answer.tokens[i].kind is Kind.NUMBER), answer)
     listed = {answer.tokens[i].sentence for hits in located for i in hits}
-    rivals = sorted(i for i in wrong_items if answer.tokens[i].sentence in listed)
+    _contradict(checks, [c for c in missing if c not in numbers],
+                sorted(i for i in wrong_items if answer.tokens[i].sentence in listed), answer)
+    return checks
+
+
+def _contradict(checks: list[Check], missing: Sequence[Check], rivals: Sequence[int], answer: Text) -> None:
+    """Pair missing keywords with the answer's wrong values in turn: each pair is a keyword contradicted."""
     for c, rival in zip(missing, rivals, strict=False):
         checks[checks.index(c)] = Check(c.fact, Verdict.CONTRADICTED, f"{answer.tokens[rival].text!r} in its place",
                                         True, keyword=True)
-    return checks
 
 
 def _phrase_spans(answer: Text, keys: Sequence[str]) -> list[list[int]]:

@@ -109,20 +109,18 @@ def complexity(query: str) -> int:
     return 1
 
 
-def _criteria(checks: Sequence[Check], evidence_floor: float) -> tuple[float, float, float]:
-    """(supported weight, contradicted weight, correctness 0-100) of fact checks; docs/grading.md.
-
-    Correctness is the share of stated facts that are right, halved for every fact contradicted (one wrong
-    number makes an answer unreliable however much else it copies), and scaled down while the answer states
-    less than ``evidence_floor`` weight of facts (an answer that says nothing checkable is not "accurate")."""
+def _correctness(checks: Sequence[Check], evidence_floor: float) -> float:
+    """Correctness 0-100 of fact checks (docs/grading.md): the share of stated facts that are right, halved
+    for every fact contradicted (one wrong number makes an answer unreliable however much else it copies),
+    and scaled down while the answer states less than ``evidence_floor`` weight of facts (an answer that
+    says nothing checkable is not "accurate")."""
     supported = sum(c.weight for c in checks if c.verdict is Verdict.SUPPORTED)
     contradicted = [c for c in checks if c.verdict is Verdict.CONTRADICTED]
-    wrong = sum(c.weight for c in contradicted)
     if supported == 0:
-        return 0.0, wrong, 0.0
-    precision = supported / (supported + wrong)
+        return 0.0
+    precision = supported / (supported + sum(c.weight for c in contradicted))
     evidence = min(1.0, supported / evidence_floor) if evidence_floor else 1.0
-    return supported, wrong, 100.0 * precision * CONTRADICTION_FACTOR ** len(contradicted) * evidence
+    return 100.0 * precision * CONTRADICTION_FACTOR ** len(contradicted) * evidence
 
 
 def _share(checks: Sequence[Check], supported_factor: float = 1.0) -> float | None:
@@ -164,10 +162,10 @@ class BuiltinGrader:
         query_keys = {t.key for t in q.tokens if t.kind is not None}
         level = complexity(query)
         keyword_list = [k for k in keywords if words(k)]
-        listed = keyword_checks(keyword_list, a, query_keys) if keyword_list else []
         if not words(answer):
-            empty = 0.0 if r or listed else None
+            empty = 0.0 if r or keyword_list else None
             return ItemGrade(empty, empty, empty, 0.0, level), []
+        listed = keyword_checks(keyword_list, a, query_keys) if keyword_list else []
         # A bare list of the right names answers "what are ...?" but explains nothing: "named, not explained".
         named_only = BARE_LIST_CREDIT if is_bare_list(a) and asks_for_explanation(query) else 1.0
         task = _share(listed, named_only) if listed else None
@@ -181,10 +179,10 @@ class BuiltinGrader:
                 task = _share([*core, *listed])
                 completeness = _share(facts)
                 total = sum(c.weight for c in facts)
-                correctness = _criteria(checks, min(EVIDENCE_WEIGHT, total))[2]
+                correctness = _correctness(checks, min(EVIDENCE_WEIGHT, total))
         elif listed:
             total = sum(c.weight for c in listed)
-            correctness = named_only * _criteria(listed, min(KEYWORD_EVIDENCE, total))[2]
+            correctness = named_only * _correctness(listed, min(KEYWORD_EVIDENCE, total))
         findings = tuple(f"{c.fact.text}: {c.verdict.value}" + (f" ({c.why})" if c.verdict is Verdict.CONTRADICTED
                                                                  else "")
                          for c in checks if c.verdict is not Verdict.SUPPORTED)
