@@ -20,6 +20,7 @@ import yaml
 from lora_contract.api import TrainerStatus
 from lora_contract.xp import xp_for
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.s3server import S3Server
 from tests.http_fakes import Judge, judge
 
 pytest_plugins = ["tests.cluster.fixtures"]
@@ -271,6 +272,22 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS) on this host, for the output destinations."""
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A new, empty bucket of ``s3_server``."""
+    return s3_server.bucket(f"lora-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

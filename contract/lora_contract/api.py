@@ -68,6 +68,7 @@ RESERVED_MOUNT_MESSAGE = ("volumes: mountPath must not be /, /output or /tmp, no
                           "(the trainer's own mounts)")
 UNIQUE_VOLUMES_MESSAGE = "volumes: names and mountPaths must be unique"
 SUB_PATH_MESSAGE = "output: subPath must not contain '..' segments"
+UNIQUE_DESTINATIONS_MESSAGE = "output: destinations must have distinct uris"
 TOLERATION_MESSAGES = (
     "tolerations: a toleration without a key must use operator Exists",
     "tolerations: operator Exists takes no value",
@@ -421,10 +422,52 @@ class ResourceSpec(_Model):
         "node's default. Unset: the chart's trainer.runtimeClassName for runs with gpu > 0, else none.")
 
 
+# s3://bucket/prefix: a bucket name as S3 allows one (3-63 characters), then an optional prefix of key segments,
+# none empty, '.' or '..' (keys with them are legal, but tools that map keys to paths do not round-trip them).
+S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/\s]+)*/?$"
+S3_PREFIX_MESSAGE = "destinations: an s3:// uri's prefix must not contain '.' or '..' segments"
+REGION = r"^[a-z0-9-]{1,32}$"
+
+
+class OutputDestination(_Model):
+    """Where the run's results are copied besides the output volume (docs/artifacts.md). S3-compatible object
+    storage today; the trainer uploads with boto3 and reads every object back against the manifest."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "!self.uri.matches('/[.]{1,2}(/|$)')", "message": S3_PREFIX_MESSAGE}]}
+    )
+
+    uri: str = Field(
+        pattern=S3_URI, max_length=1024,
+        description="s3://bucket/prefix. The run writes <uri>/adapter/, <uri>/merged/ (with output.merge), "
+        "<uri>/evaluation/ and <uri>/manifest.json (last, so a manifest means a complete copy), and keeps its "
+        "checkpoints under <uri>/checkpoints/ while it trains (first destination only).")
+    endpoint: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2048,
+        description="The S3 endpoint of a non-AWS store (MinIO, Ceph RGW, SeaweedFS, GCS interoperability), "
+        "e.g. http://minio.storage:9000; path-style addressing is used with one. Unset: AWS.")
+    region: str | None = Field(None, pattern=REGION, description="Signing region; default us-east-1.")
+    credentials_secret: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="Secret in the job's namespace with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(and AWS_SESSION_TOKEN if temporary), mounted into the trainer only; the operator never reads it. "
+        "Unset: boto3's default chain (a workload identity on the run's ServiceAccount, see the chart's "
+        "trainer.serviceAccountAnnotations).")
+
+    @model_validator(mode="after")
+    def _plain_prefix(self) -> OutputDestination:
+        if any(part in (".", "..") for part in self.uri.split("/")[3:]):
+            raise ValueError(S3_PREFIX_MESSAGE)
+        return self
+
+
 class OutputSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": [
-            {"rule": "!has(self.subPath) || !self.subPath.matches('(^|/)[.][.](/|$)')", "message": SUB_PATH_MESSAGE}]}
+            {"rule": "!has(self.subPath) || !self.subPath.matches('(^|/)[.][.](/|$)')", "message": SUB_PATH_MESSAGE},
+            {"rule": "!has(self.destinations) || self.destinations.all(d, "
+                     "self.destinations.exists_one(e, e.uri == d.uri))", "message": UNIQUE_DESTINATIONS_MESSAGE}]}
     )
 
     claim_name: str | None = Field(
@@ -433,11 +476,20 @@ class OutputSpec(_Model):
     sub_path: str | None = Field(None, max_length=1024,
                                  description="Folder inside the PVC; default <namespace>/<name>.")
     merge: bool = Field(True, description="Also save the adapter merged into the base model.")
+    destinations: list[OutputDestination] = Field(
+        default_factory=list, max_length=4,
+        description="Object stores the results are uploaded to and verified in (step 5); the first also holds "
+        "the checkpoints while training, so a retried pod on another node resumes without a shared volume.")
+    keep_checkpoints: bool = Field(
+        False, description="Keep the checkpoints (on the volume and the first destination) after a successful "
+        "run; by default step 9 removes them and says how much it freed.")
 
     @model_validator(mode="after")
     def _inside_the_volume(self) -> OutputSpec:
         if self.sub_path and ".." in self.sub_path.split("/"):
             raise ValueError(SUB_PATH_MESSAGE)
+        if len({d.uri.rstrip("/") for d in self.destinations}) != len(self.destinations):
+            raise ValueError(UNIQUE_DESTINATIONS_MESSAGE)
         return self
 
 
@@ -567,11 +619,33 @@ class Improvements(_Reported):
     perplexity_percent: float | None = None
 
 
+# vLLM's LoRAConfig.max_lora_rank default: an adapter of a higher rank needs the server's flag raised.
+SERVING_DEFAULT_MAX_LORA_RANK = 16
+
+
+class UploadedCopy(_Reported):
+    """One destination's verified copy of the results."""
+
+    uri: str = Field(max_length=PATH_LIMIT)
+    adapter_uri: str = Field(max_length=PATH_LIMIT)
+    digest: str = Field(max_length=80, description="sha256:<hex> of the manifest.json uploaded with the copy.")
+    bytes: int = Field(ge=0, description="Bytes uploaded and read back, manifest included.")
+    files: int = Field(ge=0)
+
+
 class Artifacts(_Reported):
-    adapter: str | None = Field(None, max_length=PATH_LIMIT)
+    adapter: str | None = Field(None, max_length=PATH_LIMIT, description="The adapter folder in the trainer pod.")
     merged: str | None = Field(None, max_length=PATH_LIMIT)
     report: str | None = Field(None, max_length=PATH_LIMIT)
     manifest: str | None = Field(None, max_length=PATH_LIMIT)
+    adapter_uri: str | None = Field(
+        None, max_length=PATH_LIMIT,
+        description="Where to load the adapter from after the run: the first destination's copy (s3://...), or "
+        "pvc://<claim>/<subPath>/adapter on an output volume; unset when it lived in an emptyDir only.")
+    destinations: list[UploadedCopy] = Field(default_factory=list, max_length=4)
+    lora_rank: int | None = Field(None, ge=1, description="The adapter's rank: a server needs --max-lora-rank >= it.")
+    checkpoints_removed_bytes: int | None = Field(
+        None, ge=0, description="Freed by removing the checkpoints after success (output.keepCheckpoints false).")
 
 
 class TrainerStatus(_Reported):

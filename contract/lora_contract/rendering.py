@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lora_contract.api import Improvements, TrainerStatus
+from lora_contract.api import Artifacts, Improvements, TrainerStatus
 
 MARKS = {"Completed": "✓", "Active": "▶", "Failed": "✗", "Pending": "·", "Skipped": "-"}
 # (label, GradeScores field) rows of the final report table.
@@ -81,5 +81,19 @@ def report_table(trainer: TrainerStatus, xp: int | None) -> list[str]:
     if xp is not None:
         lines.append(f"  XP: {xp} for {trainer.train_items or 0} training items")
     if trainer.artifacts:
-        lines += [f"  {name}: {path}" for name, path in trainer.artifacts.model_dump(exclude_none=True).items()]
+        lines += artifact_lines(trainer.artifacts)
+    return lines
+
+
+def artifact_lines(artifacts: Artifacts) -> list[str]:
+    """Where the results are: the pod's paths, each destination's verified copy, the freed checkpoints."""
+    lines = [f"  {name}: {getattr(artifacts, name)}" for name in ("adapter", "merged", "report", "manifest")
+             if getattr(artifacts, name)]
+    lines += [f"  copy: {c.uri} ({c.files} files, {c.bytes} bytes, manifest {c.digest})"
+              for c in artifacts.destinations]
+    if artifacts.adapter_uri:
+        lines.append(f"  adapter URI: {artifacts.adapter_uri}" + (
+            f" (rank {artifacts.lora_rank})" if artifacts.lora_rank else ""))
+    if artifacts.checkpoints_removed_bytes is not None:
+        lines.append(f"  checkpoints removed: {artifacts.checkpoints_removed_bytes} bytes freed")
     return lines

@@ -16,3 +16,9 @@ EXIT_INVALID_INPUT = 2
 # reports too, so a trainer stopped before its handler was installed means the same. The Job ignores
 # such a pod failure (no backoffLimit count) and its retry resumes from that checkpoint.
 EXIT_INTERRUPTED = 128 + signal.SIGTERM
+
+# Where the operator mounts output.destinations[i].credentialsSecret in the trainer: <dir>/<i>/<key>.
+DESTINATION_SECRETS_DIR = "/var/run/lora/destinations"
+# The trainer's env: that folder, and the pvc://<claim>/<subPath> of an output volume (its adapter's URI).
+DESTINATION_SECRETS_ENV = "LORA_DESTINATION_SECRETS_DIR"
+OUTPUT_URI_ENV = "LORA_OUTPUT_URI"

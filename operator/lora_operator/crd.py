@@ -108,6 +108,7 @@ PRINTER_COLUMNS = [
     {"name": "XP", "type": "integer", "jsonPath": ".status.xp"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Job", "type": "string", "priority": 1, "jsonPath": ".status.jobName"},
+    {"name": "Adapter", "type": "string", "priority": 1, "jsonPath": ".status.trainer.artifacts.adapterUri"},
 ]
 
 

@@ -33,6 +33,7 @@ from lora_operator.status import (
     TERMINAL,
     KubeEvent,
     condition_true,
+    ephemeral_output,
     parse,
     reconcile_status,
     set_condition,
@@ -373,7 +374,8 @@ def sync(namespace: str, name: str) -> None:
                 return reconcile_status(
                     seen, job, pods, now=_now(), generation=obj["metadata"].get("generation"), stall_timeout=stall,
                     queued=bool(spec.get("queueName")),
-                    xp_refused=xp_refusal(spec, CONFIG.untrusted_image(spec.get("image"))))
+                    xp_refused=xp_refusal(spec, CONFIG.untrusted_image(spec.get("image"))),
+                    ephemeral_output=ephemeral_output(spec))
 
             new, events = derive(pods)
             if new.phase in TERMINAL and seen.phase not in TERMINAL:

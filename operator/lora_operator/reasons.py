@@ -15,6 +15,7 @@ STALLED = "Stalled"
 QUALITY_REGRESSED = "QualityRegressed"
 SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
 XP_AWARDED = "XPAwarded"
+ARTIFACTS_EPHEMERAL = "ArtifactsEphemeral"
 
 # Where a run is (``status.observe``).
 JOB_NOT_CREATED = "JobNotCreated"
@@ -34,7 +35,7 @@ JOB_REMOVED = "JobRemoved"
 JOB_DELETED = "JobDeleted"
 INVALID_SPEC = "InvalidSpec"
 
-# Stalled, QualityRegressed, SpecChangeIgnored, XPAwarded.
+# Stalled, QualityRegressed, SpecChangeIgnored, XPAwarded, ArtifactsEphemeral.
 NO_PROGRESS = "NoProgress"
 PROGRESSING = "Progressing"
 AFTER_WORSE_THAN_BEFORE = "AfterWorseThanBefore"
@@ -45,6 +46,7 @@ AWARDED = "Awarded"
 UNTRUSTED_IMAGE = "UntrustedImage"
 REMOTE_CODE = "RemoteCode"
 NOT_SUCCEEDED = "NotSucceeded"
+NO_PERSISTENT_OUTPUT = "NoPersistentOutput"
 
 # Events only.
 JOB_CREATED = "JobCreated"

@@ -271,6 +271,17 @@ def job_gone(status: LoraTrainingJobStatus) -> Observation:
                        "LoraTrainingJob to train again")
 
 
+def ephemeral_output(spec: dict[str, Any]) -> bool:
+    """Whether a run's results die with its pod: neither output.claimName nor output.destinations."""
+    output = spec.get("output") or {}
+    return not (output.get("claimName") or output.get("destinations"))
+
+
+EPHEMERAL_MESSAGE = ("output has no claimName and no destinations: the adapter and merged model are written to an "
+                     "emptyDir and deleted with the trainer pod (the metrics still reach this status); set "
+                     "output.destinations or output.claimName to keep them (docs/artifacts.md)")
+
+
 def xp_refusal(spec: dict[str, Any], untrusted_image: str | None) -> tuple[str, str] | None:
     """(reason, message) when a run must earn no XP whatever it reports, else None: its image is not one the
     operator trusts to report honestly, or it runs model code from the hub (``model.trustRemoteCode``), which
@@ -311,10 +322,12 @@ def reconcile_status(
     stall_timeout: int,
     queued: bool = False,
     xp_refused: tuple[str, str] | None = None,
+    ephemeral_output: bool = False,
 ) -> tuple[LoraTrainingJobStatus, list[KubeEvent]]:
     """The new status and the events for one look at the world (``status`` is not modified).
 
-    ``xp_refused`` (``xp_refusal``) says why the run earns no XP whatever it reports."""
+    ``xp_refused`` (``xp_refusal``) says why the run earns no XP whatever it reports; ``ephemeral_output``, that
+    its results have nowhere to go but the pod's emptyDir (``OutputSpec.persistent``)."""
     now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     old_phase = status.phase
     new = status.model_copy(deep=True)
@@ -369,6 +382,9 @@ def reconcile_status(
         cond(R.QUALITY_REGRESSED, regressed, R.AFTER_WORSE_THAN_BEFORE if regressed else R.NO_REGRESSION, why)
         if regressed and not condition_true(status, R.QUALITY_REGRESSED):
             events.append(KubeEvent("Warning", R.QUALITY_REGRESSED, why))
+    if ephemeral_output and not condition_true(status, R.ARTIFACTS_EPHEMERAL):
+        cond(R.ARTIFACTS_EPHEMERAL, True, R.NO_PERSISTENT_OUTPUT, EPHEMERAL_MESSAGE)
+        events.append(KubeEvent("Warning", R.ARTIFACTS_EPHEMERAL, EPHEMERAL_MESSAGE))
     if old_phase not in TERMINAL or xp_refused is not None:
         award = _award(new, xp_refused)
         if award is not None:

@@ -133,8 +133,11 @@ def test_artifacts_manifest_and_report(finished: Run) -> None:
     out = finished.output
     artifacts = finished.status.artifacts
     assert artifacts is not None
-    assert artifacts.model_dump() == {"adapter": str(out / "adapter"), "merged": str(out / "merged"),
-                                      "report": str(out / "report.json"), "manifest": str(out / "manifest.json")}
+    assert artifacts.model_dump(exclude={"checkpoints_removed_bytes"}) == {
+        "adapter": str(out / "adapter"), "merged": str(out / "merged"), "report": str(out / "report.json"),
+        "manifest": str(out / "manifest.json"), "adapter_uri": None, "destinations": [], "lora_rank": 8}
+    # no output volume or destination here (no LORA_OUTPUT_URI): nothing to load the adapter from after the pod
+    assert not (out / "checkpoints").exists() and artifacts.checkpoints_removed_bytes > 0  # removed after success
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "merged" / "model.safetensors").is_file()
     assert json.loads((out / "merged" / "config.json").read_text())["use_cache"] is True
@@ -200,11 +203,14 @@ def test_live_console_redraws_in_place() -> None:
     assert " ▶ 4 training" in text and " · 5 saving" in text
 
 
-def test_a_rerun_reuses_before_metrics_and_resumes_the_last_checkpoint(finished: Run, tiny_model: Path,
-                                                                      tmp_path: Path) -> None:
+def test_a_rerun_reuses_before_metrics_and_resumes_the_last_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
+    spec = tiny_spec(tiny_model, output={"keepCheckpoints": True})
+    kept = run(spec, tmp_path / "first")
+    assert (kept.output / "checkpoints" / "checkpoint-4").is_dir() and kept.status.artifacts.checkpoints_removed_bytes \
+        is None and "checkpoints removed" not in kept.recorder.message(9)
     output = tmp_path / "again"
-    shutil.copytree(finished.output, output)
-    again = run(tiny_spec(tiny_model), output)
+    shutil.copytree(kept.output, output)
+    again = run(spec, output)
     assert again.result.exit_code == 0
     assert "reused from a previous attempt" in again.recorder.message(0)
     assert "resumed from checkpoint-4" in again.recorder.message(4)

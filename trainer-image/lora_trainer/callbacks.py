@@ -25,8 +25,9 @@ class ProgressCallback(TrainerCallback):
     stop signal saves a checkpoint at the end of the optimizer step in progress, then stops the run."""
 
     def __init__(self, emit: Callable[[TrainerEvent], None], fingerprint: str, divergence_factor: float,
-                 signals: StopSignals | None = None) -> None:
+                 signals: StopSignals | None = None, mirror: Callable[[Path], None] | None = None) -> None:
         self.emit, self.fingerprint, self.divergence_factor = emit, fingerprint, divergence_factor
+        self.mirror = mirror  # copies a complete checkpoint to the first output destination
         self.signals = signals or StopSignals()  # not installed: no signal ever comes
         self.started = time.monotonic()
         self.start_step = self.start_tokens = 0
@@ -92,6 +93,8 @@ class ProgressCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         checkpoint = f"checkpoint-{state.global_step}"
         write_marker(Path(args.output_dir) / checkpoint, self.fingerprint, state.global_step)
+        if self.mirror:  # the stop signal's checkpoint too: the retry may start on another node
+            self.mirror(Path(args.output_dir) / checkpoint)
         # Raised here, after the marker and before anything the Trainer does at the end of training (which,
         # with save_total_limit 1, would delete every checkpoint but the best one).
         if self.signals.requested:

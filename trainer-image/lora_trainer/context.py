@@ -13,6 +13,7 @@ import torch
 
 from lora_contract.api import PIPELINE_STEPS, Artifacts, GraderType, GradeScores, LoraTrainingJobSpec
 from lora_contract.progress import NoteEvent, TrainerEvent
+from lora_trainer.destinations import CheckpointMirror, S3Store
 from lora_trainer.evaluation import EvalItem
 from lora_trainer.formats import Example
 from lora_trainer.grader import BuiltinGrader, Grader
@@ -86,6 +87,12 @@ class RunContext:
     eval_model: Any = None  # the reloaded trained model graded in steps 6-8
     validation_loss: tuple[float | None, float | None] = (None, None)
     after: GradeScores | None = None
+    stores: list[S3Store] = field(default_factory=list)  # output.destinations, opened in step 3
+
+    @property
+    def checkpoint_mirror(self) -> CheckpointMirror | None:
+        """The first destination's copy of ``checkpoints/`` (docs/artifacts.md), if there is a destination."""
+        return CheckpointMirror(self.stores[0], self.layout.checkpoints) if self.stores else None
 
     @property
     def dataset(self) -> PreparedData:

@@ -6,12 +6,15 @@ undefined and reported as null rather than dividing by zero (docs/grading.md).
 
 from __future__ import annotations
 
+import shutil
+
 from lora_contract.api import GradeScores, Improvements
 from lora_contract.progress import ReportEvent
 from lora_contract.rendering import speed_text
 from lora_contract.xp import award_xp, knowledge_points, quality_multiplier, quality_signal
 from lora_trainer.context import RunContext
 from lora_trainer.refine import xp_items
+from lora_trainer.steps.saving import folder_bytes, human_bytes
 
 
 def percent_change(old: float | None, new: float | None) -> float | None:
@@ -44,10 +47,29 @@ def improvements(before: GradeScores | None, after: GradeScores | None) -> Impro
     )
 
 
+def tidy(ctx: RunContext) -> list[str]:
+    """The run's last writes: the evaluation records to each destination, then, unless output.keepCheckpoints,
+    the checkpoints removed from the volume and the first destination (the adapter is saved and verified by now;
+    a retry after this point would start training over, so it is the last thing before the report)."""
+    parts = []
+    for store in ctx.stores:
+        sent = store.upload_tree(ctx.output_dir, ctx.layout.evaluation.name)
+        parts.append(f"evaluation records uploaded to {store.dest.uri} ({sent} new)")
+    if ctx.spec.output.keep_checkpoints:
+        return parts
+    checkpoints, mirror = ctx.layout.checkpoints, ctx.checkpoint_mirror
+    freed = folder_bytes(checkpoints)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    freed += mirror.remove() if mirror else 0
+    ctx.artifacts.checkpoints_removed_bytes = freed
+    return [*parts, f"checkpoints removed, {human_bytes(freed)} freed (output.keepCheckpoints keeps them)"]
+
+
 def run(ctx: RunContext) -> str:
     result = improvements(ctx.before, ctx.after)
     # Distinct items only, by a fixed rule: repeating rows or near-copies (refine loosened) earns no XP.
     train_items = xp_items(ctx.dataset.train)
+    housekeeping = tidy(ctx)
     ctx.emit(ReportEvent(improvements=result, train_items=train_items, artifacts=ctx.artifacts))
     # The operator awards the XP (to a Succeeded run of a trusted image without hub code); this is its figure.
     knowledge = result.knowledge_points
@@ -65,4 +87,4 @@ def run(ctx: RunContext) -> str:
         parts.append(speed_text(result.speed_percent, result.speed_noise_percent))
     if result.answer_length_percent is not None:
         parts.append(f"answer length {result.answer_length_percent:+.1f}%")
-    return "; ".join(parts)
+    return "; ".join(parts + housekeeping)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +19,9 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from lora_contract.api import Artifacts
+from lora_contract.api import SERVING_DEFAULT_MAX_LORA_RANK, Artifacts
 from lora_contract.progress import now_iso
+from lora_contract.wire import OUTPUT_URI_ENV
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.layout import staging, write_atomically
@@ -129,4 +131,22 @@ def run(ctx: RunContext) -> str:
     listing = manifest(out, folders, info)
     write_atomically(layout.manifest, json.dumps(listing, indent=2))
     parts.append(f"manifest of {len(listing['files'])} files; reload verified")
-    return "; ".join(parts)
+    return "; ".join(parts + _publish(ctx, listing["files"]))
+
+
+def _publish(ctx: RunContext, files: list[dict[str, Any]]) -> list[str]:
+    """Copy the manifest's files to every destination, verified (``destinations``), and say where the adapter
+    is to be loaded from; warn when its rank needs a server's LoRA rank limit raised."""
+    artifacts, rank = ctx.artifacts, ctx.spec.lora.rank
+    artifacts.destinations = [store.publish(ctx.output_dir, files, ctx.layout.manifest, "adapter")
+                              for store in ctx.stores]
+    volume = os.environ.get(OUTPUT_URI_ENV)
+    artifacts.adapter_uri = (artifacts.destinations[0].adapter_uri if artifacts.destinations
+                             else f"{volume.rstrip('/')}/adapter" if volume else None)
+    artifacts.lora_rank = rank
+    parts = [f"uploaded to {c.uri} and read back: {c.files} files, {human_bytes(c.bytes)}, manifest {c.digest[:19]}"
+             for c in artifacts.destinations]
+    if rank > SERVING_DEFAULT_MAX_LORA_RANK:
+        parts.append(f"rank {rank} is above vLLM's default --max-lora-rank {SERVING_DEFAULT_MAX_LORA_RANK}: "
+                     f"serve it with --max-lora-rank {rank} or more (docs/serving.md)")
+    return parts

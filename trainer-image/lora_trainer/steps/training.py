@@ -30,17 +30,21 @@ def run(ctx: RunContext) -> str:
     checkpoints = Path(plan.args.output_dir)
     adjustments: list[str] = []
     started = time.monotonic()
+    mirror = ctx.checkpoint_mirror
+    fetched = mirror.pull() if mirror else None  # a retry on a node without the volume's checkpoints
     resume = _resume_point(checkpoints, ctx.fingerprint)
     done = finished_state(resume) if resume else None
+    source = f" ({fetched} fetched from {ctx.stores[0].dest.uri})" if fetched else ""
     if resume and done:
-        return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end)
+        return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end) + source
     while True:
         if adjustments and not resume:  # the failed attempt already moved the weights: start from the initial ones
             set_peft_model_state_dict(model, initial)
         trainer = LabelledLogitsTrainer(
             model=model, args=plan.args, train_dataset=plan.train_rows,
             eval_dataset=plan.eval_rows or None, data_collator=plan.collator, processing_class=ctx.tokenizer,
-            callbacks=[ProgressCallback(ctx.emit, ctx.fingerprint, ctx.spec.lora.divergence_factor, ctx.signals)],
+            callbacks=[ProgressCallback(ctx.emit, ctx.fingerprint, ctx.spec.lora.divergence_factor, ctx.signals,
+                                        mirror.push if mirror else None)],
         )
         trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the events replace it
         try:
@@ -67,7 +71,7 @@ def run(ctx: RunContext) -> str:
     state = trainer.state
     parts = [f"{state.global_step} optimizer steps in {format_duration(time.monotonic() - started)}"]
     if resume:
-        parts.append(f"resumed from {resume.name}")
+        parts.append(f"resumed from {resume.name}{source}")
     if adjustments:
         parts.append("out of GPU memory, adjusted: " + "; ".join(adjustments))
     best = state.best_model_checkpoint if plan.args.load_best_model_at_end else None

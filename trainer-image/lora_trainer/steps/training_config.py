@@ -20,6 +20,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Tra
 
 from lora_contract.api import LoraSettings
 from lora_trainer.context import RunContext, TrainingPlan
+from lora_trainer.destinations import open_stores
 from lora_trainer.errors import InvalidInput
 from lora_trainer.formats import IGNORE_INDEX, Example, features
 from lora_trainer.layout import OutputLayout
@@ -158,4 +159,6 @@ def run(ctx: RunContext) -> str:
     written = bytes_to_write(trainable, total - trainable, r.dtype.itemsize, ctx.spec.output.merge,
                              lora.save_total_limit)
     parts.append(check_disk_space(ctx.output_dir, written, shutil.disk_usage(ctx.output_dir).free))
+    ctx.stores = open_stores(ctx.spec.output.destinations)
+    parts += [store.check_writable() for store in ctx.stores]  # wrong keys fail here, not after training
     return "; ".join([*parts, *r.notes])
