@@ -46,6 +46,8 @@ sleep 1
 echo
 kubectl describe ltj quickstart
 python -m lora_operator.report quickstart
+echo "==> where the adapter is (kubectl get -o wide: its URI; docs/serving.md serves it)"
+kubectl get ltj quickstart -o wide
 if [[ "${LORA_DEMO_KEEP:-0}" == 1 ]]; then
   echo "cluster kept: export KUBECONFIG=$KUBECONFIG PATH=$BIN:\$PATH ; Ctrl-C to stop"
   wait "${pids[0]}"

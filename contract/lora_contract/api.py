@@ -488,7 +488,7 @@ class OutputSpec(_Model):
     def _inside_the_volume(self) -> OutputSpec:
         if self.sub_path and ".." in self.sub_path.split("/"):
             raise ValueError(SUB_PATH_MESSAGE)
-        if len({d.uri.rstrip("/") for d in self.destinations}) != len(self.destinations):
+        if len({d.uri for d in self.destinations}) != len(self.destinations):
             raise ValueError(UNIQUE_DESTINATIONS_MESSAGE)
         return self
 

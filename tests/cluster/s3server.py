@@ -8,6 +8,7 @@ everything; ``client()`` is a boto3 client for checking what the trainer uploade
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import socket
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+
+from tests.cluster.controlplane import terminate_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,11 +88,25 @@ class S3Server:
             found.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
         return found
 
+    def download(self, bucket: str, prefix: str, folder: Path) -> Path:
+        """Every object under ``prefix`` into ``folder``, as a server would fetch an adapter."""
+        s3 = self.client()
+        for key in self.objects(bucket, prefix):
+            target = folder / key.removeprefix(prefix).lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(target))
+        return folder
+
+    def check_against_manifest(self, bucket: str, prefix: str) -> dict:
+        """The manifest.json under ``prefix``, after checking that every file it lists is there with its size and
+        SHA-256; returns it."""
+        s3 = self.client()
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read())
+        for entry in manifest["files"]:
+            data = s3.get_object(Bucket=bucket, Key=f"{prefix}/{entry['path']}")["Body"].read()
+            assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["bytes"], entry["sha256"]), entry["path"]
+        return manifest
+
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate_group(self.proc, grace=20)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from lora_trainer.checkpoints import MARKER
-from lora_trainer.steps.saving import sha256
+from lora_trainer.layout import sha256
 from tests.conftest import Kubectl, held_trainer, run_until, trainer_running, wait_for
 
 # Where the suite writes its rows (``python -m tests.faults`` sets it and renders them).

@@ -67,6 +67,15 @@ BAD_SPECS = [
      "volumes: names and mountPaths must be unique"),
     ("output subPath escaping the volume", _with("spec.output", {"subPath": "runs/../../tmp"}),
      "output: subPath must not contain '..' segments"),
+    ("a destination that is not s3://", _with("spec.output", {"destinations": [{"uri": "gs://bucket/x"}]}),
+     "spec.output.destinations[0].uri"),
+    ("a destination prefix with '..'", _with("spec.output", {"destinations": [{"uri": "s3://bucket/a/../b"}]}),
+     "destinations: an s3:// uri's prefix must not contain '.' or '..' segments"),
+    ("two destinations with one uri", _with("spec.output", {"destinations": [{"uri": "s3://bucket/a"},
+                                                                              {"uri": "s3://bucket/a"}]}),
+     "output: destinations must have distinct uris"),
+    ("a destination endpoint without a scheme", _with("spec.output", {"destinations": [
+        {"uri": "s3://bucket/a", "endpoint": "minio.storage:9000"}]}), "spec.output.destinations[0].endpoint"),
     ("name too long", _with("spec.suspend", False, name="x" * 60), "metadata.name must be at most 56"),
 ]
 SPEC_CASES = [c for c in BAD_SPECS if c[0] != "name too long"]

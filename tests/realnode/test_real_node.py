@@ -23,9 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lora_contract import api
+from lora_trainer.checkpoints import MARKER
+from lora_trainer.modeling import load_model
+from tests.cluster.realnode import NODE_IP
 from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, pvc, sigterm_pending, wait_for
 from tests.faults.conftest import complete_checkpoints
 from tests.realnode.conftest import RELEASE_NAMESPACE
+from tests.trainer.test_destinations import assert_adapter_computes_the_merged_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.realnode]
 
@@ -217,6 +222,47 @@ def test_pods_deleted_and_drained_mid_training_save_at_sigterm_and_the_retry_res
     print(f"MEASURED pod delete: SIGTERM checkpoint-{deleted_at}, pod gone {deleted_s:.1f} s after the delete; "
           f"drain: checkpoint-{drained_at}, pod gone {drained_s:.1f} s after the drain began")
 
+
+
+def test_an_s3_output_without_a_volume_survives_a_deleted_pod_and_lands_verified_in_the_bucket(
+        rk, real_cluster, operator_release, real_namespace, s3_server, s3_bucket, tmp_path):
+    """No PVC at all: the output is an emptyDir, the results go to SeaweedFS on the host (reached over the pod
+    network at the node's address). The pod is deleted mid-training; the retry gets a fresh emptyDir and resumes
+    from the checkpoint the SIGTERM saved and mirrored to the bucket. The bucket then holds every file of the
+    manifest, and the adapter fetched from it computes what the merged model computes."""
+    rk.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
+              "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                             "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}}, real_namespace)
+    prefix = f"{real_namespace}/s3out"
+    run = _run("s3out", "unused")
+    run["spec"]["output"] = {"destinations": [{"uri": f"s3://{s3_bucket}/{prefix}", "credentialsSecret": "s3-keys",
+                                               "endpoint": s3_server.endpoint(NODE_IP)}]}
+    rk.apply(run, real_namespace)
+
+    def mirrored() -> list[str]:
+        return [k for k in s3_server.objects(s3_bucket, f"{prefix}/checkpoints/") if k.endswith("/" + MARKER)]
+
+    wait_for("a checkpoint in the bucket", mirrored, timeout=600, interval=1)
+    pod = _running_pod(rk, real_namespace, "s3out")["metadata"]["name"]
+    rk("delete", "pod", pod, "-n", real_namespace, "--wait=false")
+    status = wait_for("the run to end", lambda: (s := rk.status(real_namespace, "s3out")).get("phase")
+                      in ("Succeeded", "Failed") and s, timeout=900, interval=2)
+    assert status["phase"] == "Succeeded", status.get("message")
+    training = next(s for s in status["trainer"]["steps"] if s["name"] == "training")
+    assert f"fetched from s3://{s3_bucket}/{prefix})" in training["message"], training  # not from a volume
+    artifacts = status["trainer"]["artifacts"]
+    assert artifacts["adapterUri"] == f"s3://{s3_bucket}/{prefix}/adapter"
+    assert "ArtifactsEphemeral" not in [c["type"] for c in status["conditions"]]
+    assert f"s3://{s3_bucket}/{prefix}/adapter" in rk("get", "ltj", "s3out", "-n", real_namespace, "-o", "wide")
+
+    manifest = s3_server.check_against_manifest(s3_bucket, prefix)
+    assert artifacts["destinations"][0]["files"] == len(manifest["files"]) + 1
+    assert not s3_server.objects(s3_bucket, f"{prefix}/checkpoints/")  # removed after success
+    adapter = s3_server.download(s3_bucket, f"{prefix}/adapter/", tmp_path / "adapter")
+    merged = s3_server.download(s3_bucket, f"{prefix}/merged/", tmp_path / "merged")
+    model = api.ModelSpec.model_validate(run["spec"]["model"])
+    assert_adapter_computes_the_merged_model(lambda dtype: load_model(model, dtype, on_cpu=True).model,
+                                             adapter, merged)
 
 def test_a_run_deleted_mid_training_stops_its_pod_in_seconds(rk, real_cluster, operator_release, real_namespace):
     """`kubectl delete ltj`: the garbage collector deletes the Job and the pod; the trainer saves the step in

@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -62,17 +64,11 @@ def test_results_are_uploaded_verified_and_the_adapter_loads_from_the_bucket(
     assert copy.digest == "sha256:" + _sha256((out / "manifest.json").read_bytes())
     assert copy.files == len(manifest["files"]) + 1
 
-    s3 = s3_server.client()
-    objects = s3_server.objects(s3_bucket, "team-a/run/")
-    listed = {f"team-a/run/{e['path']}": e for e in manifest["files"]}
-    for key, entry in listed.items():  # every file of the manifest is there, byte for byte
-        data = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
-        assert (len(data), _sha256(data)) == (entry["bytes"], entry["sha256"]), key
-    extra = set(objects) - set(listed)
+    assert s3_server.check_against_manifest(s3_bucket, "team-a/run") == manifest  # every file, byte for byte
+    listed = {f"team-a/run/{e['path']}" for e in manifest["files"]}
+    extra = set(s3_server.objects(s3_bucket, "team-a/run/")) - listed
     assert extra == {"team-a/run/manifest.json", *(f"team-a/run/evaluation/{w}.json"
                                                    for w in ("before", "after", "testing"))}
-    assert s3.get_object(Bucket=s3_bucket, Key="team-a/run/manifest.json")["Body"].read() == \
-        (out / "manifest.json").read_bytes()
 
     # success removed the checkpoints, on the volume and in the bucket, and said how much that freed
     assert not (out / "checkpoints").exists() and not s3_server.objects(s3_bucket, "team-a/run/checkpoints/")
@@ -80,24 +76,24 @@ def test_results_are_uploaded_verified_and_the_adapter_loads_from_the_bucket(
     assert "checkpoints removed" in finished.recorder.message(9)
     assert f"uploaded to s3://{s3_bucket}/team-a/run and read back" in finished.recorder.message(5)
 
-    # the adapter as a server would get it: downloaded from the bucket, loaded with peft on the base model,
-    # computes what the merged model computes
-    local = tmp_path / "downloaded"
-    for key in objects:
-        if key.startswith("team-a/run/adapter/"):
-            target = local / key.removeprefix("team-a/run/adapter/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(s3_bucket, key, str(target))
-    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
-    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=merged.dtype)
-    adapted = PeftModel.from_pretrained(base, str(local)).eval()
+    # the adapter as a server would get it: downloaded from the bucket, loaded with peft on the base model
+    adapter = s3_server.download(s3_bucket, "team-a/run/adapter/", tmp_path / "downloaded")
+    def base(dtype: torch.dtype) -> Any:
+        return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype)
+
+    assert_adapter_computes_the_merged_model(base, adapter, out / "merged")
+
+
+def assert_adapter_computes_the_merged_model(base: Callable[[torch.dtype], Any], adapter: Path, merged: Path) -> None:
+    """``adapter`` on the base model (``base(dtype)``) gives the logits of the merged model, within step 6's
+    tolerance for the training precision (merging rounds the weights to it once more)."""
+    full = AutoModelForCausalLM.from_pretrained(merged).eval()
+    adapted = PeftModel.from_pretrained(base(full.dtype), str(adapter)).eval()
     prompts = torch.tensor([[1, 5, 9, 14, 2, 7], [3, 3, 8, 21, 40, 6]])
     with torch.inference_mode():
-        expected, got = merged(input_ids=prompts).logits.float(), adapted(input_ids=prompts).logits.float()
-    # step 6's tolerance for the training precision: merging rounds the weights to it once more
-    tolerance = TOLERANCE[merged.dtype] * max(1.0, expected.abs().max().item())
+        expected, got = full(input_ids=prompts).logits.float(), adapted(input_ids=prompts).logits.float()
+    tolerance = TOLERANCE[full.dtype] * max(1.0, expected.abs().max().item())
     assert (got - expected).abs().max().item() <= tolerance
-
 
 def test_a_second_attempt_sends_only_what_is_missing(
         tiny_model: Path, tmp_path: Path, s3_server: S3Server, s3_bucket: str, secrets_dir: Path) -> None:

@@ -182,3 +182,26 @@ def test_operator_config_from_env() -> None:
     cfg = builders.OperatorConfig.from_env({"LORA_TRAINER_IMAGE": "x/y:2", "LORA_TRAINER_NODE_SELECTOR": '{"a": "b"}'})
     assert cfg.trainer_image == "x/y:2" and cfg.node_selector == {"a": "b"}
     assert _pod(builders.job("d", "ns", _spec(), cfg))["nodeSelector"] == {"a": "b"}
+
+
+def test_destination_secrets_are_mounted_optional_with_only_their_keys_and_a_volume_gets_its_uri() -> None:
+    spec = _spec(output={"claimName": "artifacts", "destinations": [
+        {"uri": "s3://adapters/team-a", "endpoint": "http://minio.storage:9000", "credentialsSecret": "s3-keys"},
+        {"uri": "s3://backup/team-a"}]})  # no Secret: boto3's chain (workload identity)
+    pod = _pod(builders.job("demo", "ns", spec, CFG))
+    [volume] = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "s3-keys" and volume["secret"]["optional"] is True
+    assert {i["key"] for i in volume["secret"]["items"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                             "AWS_SESSION_TOKEN"}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[volume["name"]] == {"name": volume["name"], "mountPath": f"{wire.DESTINATION_SECRETS_DIR}/0",
+                                      "readOnly": True}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env[wire.DESTINATION_SECRETS_ENV] == wire.DESTINATION_SECRETS_DIR
+    assert env[wire.OUTPUT_URI_ENV] == "pvc://artifacts/ns/demo"  # the default subPath <namespace>/<name>
+    assert not any("secretKeyRef" in str(e) and "s3-keys" in str(e) for e in pod["containers"][0]["env"])
+
+
+def test_an_emptydir_output_has_no_volume_uri() -> None:
+    env = {e["name"] for e in _pod(builders.job("demo", "ns", _spec(), CFG))["containers"][0]["env"]}
+    assert wire.OUTPUT_URI_ENV not in env and wire.DESTINATION_SECRETS_ENV not in env

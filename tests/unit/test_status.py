@@ -7,6 +7,7 @@ from lora_contract import progress
 from lora_contract.api import Condition, GradeScores, TrainerStatus
 from lora_contract.xp import award_xp
 from lora_operator.status import (
+    ephemeral_output,
     merge_summary,
     observe,
     parse,
@@ -341,3 +342,17 @@ def test_a_pod_stopped_by_sigterm_is_named_as_the_reason_for_the_retry() -> None
     assert "stopped by SIGTERM" in observe(_job(), [stopped, running]).message
     crashed = _tracked(_pod("Failed", terminated={"exitCode": 1, "reason": "Error"}), finalizer=False)
     assert "SIGTERM" not in observe(_job(failed=1), [crashed]).message
+
+
+def test_a_run_whose_results_die_with_its_pod_gets_a_warning_condition_once() -> None:
+    assert ephemeral_output({}) and ephemeral_output({"output": {"merge": True}})
+    assert not ephemeral_output({"output": {"claimName": "adapters"}})
+    assert not ephemeral_output({"output": {"destinations": [{"uri": "s3://b/x"}]}})
+    patch, events = _reconcile({}, None, [], ephemeral_output=True)
+    cond = next(c for c in patch["conditions"] if c["type"] == "ArtifactsEphemeral")
+    assert (cond["status"], cond["reason"]) == ("True", "NoPersistentOutput") and "emptyDir" in cond["message"]
+    assert [e.type for e in events if e.reason == "ArtifactsEphemeral"] == ["Warning"]
+    again, events = _reconcile({**patch}, None, [], ephemeral_output=True)  # said once: no new event, no write
+    assert "conditions" not in again and not [e for e in events if e.reason == "ArtifactsEphemeral"]
+    patch, _ = _reconcile({}, None, [])
+    assert all(c["type"] != "ArtifactsEphemeral" for c in patch["conditions"])

@@ -33,6 +33,7 @@ from lora_contract.api import OutputDestination, UploadedCopy
 from lora_contract.wire import DESTINATION_SECRETS_ENV
 from lora_trainer.checkpoints import MARKER
 from lora_trainer.errors import InvalidInput, StepError
+from lora_trainer.layout import sha256
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 SESSION_TOKEN_KEY = "AWS_SESSION_TOKEN"
@@ -47,14 +48,6 @@ _REFUSED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSu
 class DestinationError(StepError):
     """An upload, a read-back or a listing failed after boto3's retries: exit code 1, the pod is retried
     (and resumes: files already uploaded are not sent again)."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -155,15 +148,16 @@ class S3Store:
             raise
         return int(head["ContentLength"]), head.get("Metadata", {}).get(HASH_METADATA, "")
 
-    def upload(self, path: Path, relative: str, sha256: str | None = None) -> bool:
-        """``path`` to ``<prefix>/<relative>`` unless an equal object is there; True when it was sent."""
-        sha256 = sha256 or sha256_file(path)
+    def upload(self, path: Path, relative: str, digest: str | None = None) -> bool:
+        """``path`` to ``<prefix>/<relative>`` unless an equal object is there; True when it was sent.
+        ``digest``: its SHA-256, when the manifest already has it."""
+        digest = digest or sha256(path)
         key = self.location.key(relative)
         try:
-            if self._remote_hash(key) == (path.stat().st_size, sha256):
+            if self._remote_hash(key) == (path.stat().st_size, digest):
                 return False
             self.client.upload_file(str(path), self.location.bucket, key,
-                                    ExtraArgs={"Metadata": {HASH_METADATA: sha256}})
+                                    ExtraArgs={"Metadata": {HASH_METADATA: digest}})
         except (ClientError, BotoCoreError) as err:
             raise self._failed(f"uploading {relative}", err) from err
         return True
@@ -220,7 +214,7 @@ class S3Store:
             if self.read_back(entry["path"]) != (entry["bytes"], entry["sha256"]):
                 raise DestinationError(f"{self.where}: {entry['path']} read back differs from what was uploaded "
                                        "(size or SHA-256); the retry uploads it again")
-        digest = sha256_file(manifest)
+        digest = sha256(manifest)
         self.upload(manifest, manifest.name, digest)
         if self.read_back(manifest.name) != (manifest.stat().st_size, digest):
             raise DestinationError(f"{self.where}: manifest.json read back differs from what was uploaded")

@@ -14,6 +14,7 @@ killed mid-write leaves a ``.partial`` name, never a file that looks finished, f
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,16 @@ def write_atomically(path: Path, text: str) -> None:
     partial = staging(path)
     partial.write_text(text)
     os.replace(partial, path)
+
+
+def sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB chunks (merged models are many GB): the manifest's and the
+    uploads' (``destinations``) check."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def staging(path: Path) -> Path:

@@ -6,7 +6,6 @@ reloaded artifact computes the same function.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,18 +23,10 @@ from lora_contract.progress import now_iso
 from lora_contract.wire import OUTPUT_URI_ENV
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
-from lora_trainer.layout import staging, write_atomically
+from lora_trainer.layout import sha256, staging, write_atomically
 from lora_trainer.modeling import load_model, resolve_source
 
 PROBE_TOKENS = 64
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest(root: Path, folders: list[Path], extra: dict[str, Any]) -> dict[str, Any]:
