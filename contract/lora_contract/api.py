@@ -619,8 +619,10 @@ class Improvements(_Reported):
     perplexity_percent: float | None = None
 
 
-# vLLM's LoRAConfig.max_lora_rank default: an adapter of a higher rank needs the server's flag raised.
+# vLLM's LoRAConfig.max_lora_rank: its default, and the only values the flag takes (vllm/config/lora.py, v0.34):
+# an adapter of a higher rank needs the flag raised to the next of them (docs/serving.md).
 SERVING_DEFAULT_MAX_LORA_RANK = 16
+SERVING_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class UploadedCopy(_Reported):

@@ -57,6 +57,10 @@ def test_tiny_run_walks_to_succeeded_on_the_gpu_test_node(kubectl, operator, nam
     artifacts = kubectl.bound_dir(namespace, "artifacts") / namespace / "tiny"
     assert (artifacts / "adapter" / "adapter_config.json").exists()
     assert (artifacts / "report.json").exists()
+    # where a server mounting the claim finds the adapter, in the status and in `kubectl get -o wide`
+    uri = f"pvc://artifacts/{namespace}/tiny/adapter"
+    assert status["trainer"]["artifacts"]["adapterUri"] == uri and "ArtifactsEphemeral" not in str(status)
+    assert kubectl("get", "ltj", "tiny", "-n", namespace, "-o", "wide").splitlines()[1].split()[-1] == uri
 
 
 def test_operator_restart_mid_run_then_deletion(kubectl, operator, namespace, tiny_model_pvc, test_node):
@@ -186,3 +190,29 @@ def test_secrets_reach_the_trainer_and_nothing_else(kubectl, operator, namespace
     assert len(readable) > 8
     leaked = [where for where, text in readable.items() if key in text or token in text]
     assert not leaked, leaked
+
+
+def test_an_s3_destination_gets_its_keys_from_a_secret_and_its_uri_reaches_the_status(
+        kubectl, operator, namespace, tiny_model_pvc, s3_server, s3_bucket):
+    """The operator mounts the destination's Secret for the trainer only; a Secret with the wrong key fails the
+    run at step 3 without retries, naming the destination; the right one lands the copy in the bucket."""
+    def run(name: str, secret: str) -> dict:
+        return tiny_run(name, tiny_model_pvc, lora={**TINY_LORA, "maxSteps": 20}, output={"destinations": [
+            {"uri": f"s3://{s3_bucket}/{name}", "endpoint": s3_server.endpoint(), "credentialsSecret": secret}]})
+
+    for name, secret in (("s3-good", s3_server.secret_key), ("s3-bad", "wrong")):
+        kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                       "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": secret}},
+                      namespace)
+        kubectl.apply(run(name, name), namespace)
+    bad = wait_for("s3-bad Failed", lambda: (s := kubectl.status(namespace, "s3-bad")).get("phase") == "Failed"
+                   and s, timeout=300)
+    assert "exit code 2" in bad["message"] and f"output.destinations[0] s3://{s3_bucket}/s3-bad" in bad["message"]
+    assert next(s for s in bad["trainer"]["steps"] if s["state"] == "Failed")["name"] == "training-config"
+    good = wait_for("s3-good Succeeded", lambda: (s := kubectl.status(namespace, "s3-good")).get("phase")
+                    in ("Succeeded", "Failed") and s, timeout=600)
+    assert good["phase"] == "Succeeded", good.get("message")
+    copy = good["trainer"]["artifacts"]["destinations"][0]
+    assert good["trainer"]["artifacts"]["adapterUri"] == copy["adapterUri"] == f"s3://{s3_bucket}/s3-good/adapter"
+    s3_server.check_against_manifest(s3_bucket, "s3-good")
+    assert not s3_server.objects(s3_bucket, "s3-bad/")

@@ -25,6 +25,7 @@ from lora_contract.progress import StepEvent, TrainEvent, parse_event
 from lora_contract.wire import DESTINATION_SECRETS_ENV, EXIT_FAILED, EXIT_INVALID_INPUT
 from lora_trainer.checkpoints import MARKER
 from lora_trainer.cli import main
+from lora_trainer.steps.saving import rank_warning
 from lora_trainer.steps.validation import TOLERANCE
 from tests.cluster.s3server import S3Server
 from tests.trainer.conftest import tiny_spec, tiny_spec_dict
@@ -186,3 +187,9 @@ def test_a_run_killed_mid_training_resumes_from_the_bucket_on_an_empty_volume(
     assert f"resumed from checkpoint-{newest} (checkpoint-{newest} fetched from s3://{s3_bucket}/team-a/run)" in message
     assert not s3_server.objects(s3_bucket, "team-a/run/checkpoints/")  # removed after success
 
+
+
+def test_a_rank_above_the_serving_default_names_the_flag_value_to_use() -> None:
+    assert rank_warning(8) is None and rank_warning(16) is None
+    assert "--max-lora-rank=32 (KServe: lora.maxRank: 32" in rank_warning(24)  # the flag takes no 24
+    assert "--max-lora-rank=320" in rank_warning(300) and "--max-lora-rank=512" in rank_warning(512)

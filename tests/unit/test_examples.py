@@ -14,7 +14,21 @@ def _resources(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == api.KIND]
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def _specs() -> list[Path]:
+    """The examples that train: LoraTrainingJob manifests and bare specs, not the serving manifests (every
+    document of those has a ``kind`` of its own)."""
+    def other_kinds_only(path: Path) -> bool:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        return all("kind" in d for d in docs) and not _resources(path)
+    return [p for p in sorted(EXAMPLES.glob("*.yaml")) if not other_kinds_only(p)]
+
+
+def test_the_serving_examples_are_told_apart_from_the_runs() -> None:
+    assert {p.name for p in EXAMPLES.glob("*.yaml")} - {p.name for p in _specs()} == {
+        "serving-kserve.yaml", "serving-vllm.yaml"}
+
+
+@pytest.mark.parametrize("path", _specs(), ids=lambda p: p.name)
 def test_example_is_a_valid_spec(path: Path) -> None:
     docs = _resources(path) or [{"spec": yaml.safe_load(path.read_text())}]
     for doc in docs:

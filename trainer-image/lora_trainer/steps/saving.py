@@ -18,7 +18,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from lora_contract.api import SERVING_DEFAULT_MAX_LORA_RANK, Artifacts
+from lora_contract.api import SERVING_DEFAULT_MAX_LORA_RANK, SERVING_MAX_LORA_RANKS, Artifacts
 from lora_contract.progress import now_iso
 from lora_contract.wire import OUTPUT_URI_ENV
 from lora_trainer.context import RunContext
@@ -137,7 +137,14 @@ def _publish(ctx: RunContext, files: list[dict[str, Any]]) -> list[str]:
     artifacts.lora_rank = rank
     parts = [f"uploaded to {c.uri} and read back: {c.files} files, {human_bytes(c.bytes)}, manifest {c.digest[:19]}"
              for c in artifacts.destinations]
-    if rank > SERVING_DEFAULT_MAX_LORA_RANK:
-        parts.append(f"rank {rank} is above vLLM's default --max-lora-rank {SERVING_DEFAULT_MAX_LORA_RANK}: "
-                     f"serve it with --max-lora-rank {rank} or more (docs/serving.md)")
-    return parts
+    warning = rank_warning(rank)
+    return parts + ([warning] if warning else [])
+
+
+def rank_warning(rank: int) -> str | None:
+    """What a server needs for an adapter above vLLM's default rank limit: the next value its flag takes."""
+    if rank <= SERVING_DEFAULT_MAX_LORA_RANK:
+        return None
+    flag = next(v for v in SERVING_MAX_LORA_RANKS if v >= rank)  # the API caps the rank at 512, the last one
+    return (f"rank {rank} is above vLLM's default --max-lora-rank {SERVING_DEFAULT_MAX_LORA_RANK}: serve it with "
+            f"--max-lora-rank={flag} (KServe: lora.maxRank: {flag}; docs/serving.md)")
