@@ -17,6 +17,7 @@ import yaml
 
 from lora_contract import api
 from lora_contract.wire import (
+    DESTINATION_SECRET_KEYS,
     DESTINATION_SECRETS_DIR,
     DESTINATION_SECRETS_ENV,
     EXIT_INTERRUPTED,
@@ -189,16 +190,15 @@ def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, A
             volumes.append({"name": vol, "configMap": {"name": ds.config_map.name, "optional": True}})
             mounts.append({"name": vol, "mountPath": f"{DATASET_CM_MOUNT}/{ds.config_map.name}",
                            "readOnly": True})
-    for index, dest in enumerate(spec.output.destinations):
-        if dest.credentials_secret:
-            # Optional, like the dataset ConfigMaps: a missing Secret fails the run in step 3 with its name,
-            # instead of holding the pod in ContainerCreating. Only these keys, each a file the trainer reads.
-            keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
-            volumes.append({"name": f"destination-{index}", "secret": {
-                "secretName": dest.credentials_secret, "optional": True, "defaultMode": 0o440,
-                "items": [{"key": k, "path": k} for k in keys]}})
-            mounts.append({"name": f"destination-{index}", "mountPath": f"{DESTINATION_SECRETS_DIR}/{index}",
-                           "readOnly": True})
+    # The destinations' Secrets, each in <dir>/<index>/, one file per key. Optional, like the dataset ConfigMaps:
+    # a missing Secret fails the run in step 3 with its name, instead of holding the pod in ContainerCreating.
+    # Only the keys the trainer reads are projected.
+    secrets = [{"secret": {"name": d.credentials_secret, "optional": True,
+                           "items": [{"key": k, "path": f"{i}/{k}"} for k in DESTINATION_SECRET_KEYS]}}
+               for i, d in enumerate(spec.output.destinations) if d.credentials_secret]
+    if secrets:
+        volumes.append({"name": "destinations", "projected": {"defaultMode": 0o440, "sources": secrets}})
+        mounts.append({"name": "destinations", "mountPath": DESTINATION_SECRETS_DIR, "readOnly": True})
     for vm in spec.volumes:
         volumes.append({"name": f"user-{vm.name}"[:63],
                         "persistentVolumeClaim": {"claimName": vm.claim_name, "readOnly": vm.read_only}})
@@ -221,7 +221,7 @@ def _env(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: Operator
         {"name": "HF_HOME", "value": f"{OUTPUT_MOUNT}/.cache/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if spec.output.destinations:
+    if any(d.credentials_secret for d in spec.output.destinations):
         env.append({"name": DESTINATION_SECRETS_ENV, "value": DESTINATION_SECRETS_DIR})
     if spec.output.claim_name:  # the adapter's address for a server mounting the same volume (docs/serving.md)
         sub_path = output_dir(name, namespace, spec).removeprefix(OUTPUT_MOUNT)

@@ -189,12 +189,13 @@ def test_destination_secrets_are_mounted_optional_with_only_their_keys_and_a_vol
         {"uri": "s3://adapters/team-a", "endpoint": "http://minio.storage:9000", "credentialsSecret": "s3-keys"},
         {"uri": "s3://backup/team-a"}]})  # no Secret: boto3's chain (workload identity)
     pod = _pod(builders.job("demo", "ns", spec, CFG))
-    [volume] = [v for v in pod["volumes"] if "secret" in v]
-    assert volume["secret"]["secretName"] == "s3-keys" and volume["secret"]["optional"] is True
-    assert {i["key"] for i in volume["secret"]["items"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                             "AWS_SESSION_TOKEN"}
+    [volume] = [v for v in pod["volumes"] if v["name"] == "destinations"]
+    [source] = volume["projected"]["sources"]  # destination 1 has no Secret
+    assert source["secret"]["name"] == "s3-keys" and source["secret"]["optional"] is True
+    assert [i["path"] for i in source["secret"]["items"]] == ["0/AWS_ACCESS_KEY_ID", "0/AWS_SECRET_ACCESS_KEY",
+                                                              "0/AWS_SESSION_TOKEN"]
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
-    assert mounts[volume["name"]] == {"name": volume["name"], "mountPath": f"{wire.DESTINATION_SECRETS_DIR}/0",
+    assert mounts["destinations"] == {"name": "destinations", "mountPath": wire.DESTINATION_SECRETS_DIR,
                                       "readOnly": True}
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env[wire.DESTINATION_SECRETS_ENV] == wire.DESTINATION_SECRETS_DIR

@@ -30,13 +30,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from lora_contract.api import OutputDestination, UploadedCopy
-from lora_contract.wire import DESTINATION_SECRETS_ENV
+from lora_contract.wire import DESTINATION_SECRET_KEYS, DESTINATION_SECRETS_ENV
 from lora_trainer.checkpoints import MARKER
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.layout import sha256
 
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-SESSION_TOKEN_KEY = "AWS_SESSION_TOKEN"
+CREDENTIAL_KEYS = DESTINATION_SECRET_KEYS[:2]  # required; the session token only with temporary keys
+SESSION_TOKEN_KEY = DESTINATION_SECRET_KEYS[2]
 HASH_METADATA = "sha256"  # x-amz-meta-sha256 on every object we upload
 CHECKPOINTS = "checkpoints"
 WRITE_CHECK = ".lora-operator-write-check"
