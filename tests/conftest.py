@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,8 @@ import yaml
 
 from lora_contract.api import TrainerStatus
 from lora_contract.xp import xp_for
-from tests.cluster.controlplane import ControlPlane
+from tests.cluster.controlplane import ControlPlane, free_port
+from tests.cluster.registry import Registry
 from tests.cluster.s3server import S3Server
 from tests.http_fakes import Judge, judge
 
@@ -193,12 +193,6 @@ def namespace_for(kubectl: Kubectl) -> Iterator[str]:
     kubectl.run("delete", "namespace", name, "--timeout=90s", check=False)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def make_tls(folder: Path, *names: str) -> Path:
     """A CA and a serving certificate for ``names`` (DNS names or IPs) in ``folder``, as the chart's Secret
     holds them: ca.crt, tls.crt, tls.key."""
@@ -288,6 +282,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server) -> str:
     """A new, empty bucket of ``s3_server``."""
     return s3_server.bucket(f"lora-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real OCI registry (CNCF distribution, Debian's docker-registry) with basic auth, on this host."""
+    registry = Registry(tmp_path_factory.mktemp("registry")).start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
 
 
 @pytest.fixture

@@ -424,25 +424,35 @@ class ResourceSpec(_Model):
 
 # s3://bucket/prefix: a bucket name as S3 allows one (3-63 characters), then an optional prefix of key segments,
 # none empty, '.' or '..' (keys with them are legal, but tools that map keys to paths do not round-trip them).
-S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/\s]+)*/?$"
+S3_URI = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/\s]+)*/?"
+# oci://registry[:port]/repository:tag, the repository and tag as the OCI distribution spec allows them.
+OCI_URI = (r"oci://[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:[0-9]{1,5})?"
+           r"/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*:[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 S3_PREFIX_MESSAGE = "destinations: an s3:// uri's prefix must not contain '.' or '..' segments"
+S3_ONLY_MESSAGE = "destinations: endpoint and region are for s3:// destinations"
+OCI_ONLY_MESSAGE = "destinations: plainHttp is for oci:// destinations"
 REGION = r"^[a-z0-9-]{1,32}$"
 
 
 class OutputDestination(_Model):
-    """Where the run's results are copied besides the output volume (docs/artifacts.md). S3-compatible object
-    storage today; the trainer uploads with boto3 and reads every object back against the manifest."""
+    """Where the run's results are copied besides the output volume (docs/artifacts.md): S3-compatible object
+    storage (boto3) or an OCI registry (oras-py); every copy is read back against the run's manifest."""
 
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": [
-            {"rule": "!self.uri.matches('/[.]{1,2}(/|$)')", "message": S3_PREFIX_MESSAGE}]}
+            {"rule": "!self.uri.matches('/[.]{1,2}(/|$)')", "message": S3_PREFIX_MESSAGE},
+            {"rule": "self.uri.startsWith('s3://') || (!has(self.endpoint) && !has(self.region))",
+             "message": S3_ONLY_MESSAGE},
+            {"rule": "self.uri.startsWith('oci://') || !has(self.plainHttp) || !self.plainHttp",
+             "message": OCI_ONLY_MESSAGE}]}
     )
 
     uri: str = Field(
-        pattern=S3_URI, max_length=1024,
-        description="s3://bucket/prefix. The run writes <uri>/adapter/, <uri>/merged/ (with output.merge), "
-        "<uri>/evaluation/ and <uri>/manifest.json (last, so a manifest means a complete copy), and keeps its "
-        "checkpoints under <uri>/checkpoints/ while it trains (first destination only).")
+        pattern=f"^({S3_URI}|{OCI_URI})$", max_length=1024,
+        description="s3://bucket/prefix: the run writes <uri>/adapter/, <uri>/merged/ (with output.merge), "
+        "<uri>/evaluation/ and <uri>/manifest.json (last, so a manifest means a complete copy), and the first "
+        "s3:// destination keeps the checkpoints under <uri>/checkpoints/ while the run trains. "
+        "oci://registry/repository:tag: the adapter is pushed as a CNCF ModelPack artifact under the tag.")
     endpoint: str | None = Field(
         None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2048,
         description="The S3 endpoint of a non-AWS store (MinIO, Ceph RGW, SeaweedFS, GCS interoperability), "
@@ -450,15 +460,22 @@ class OutputDestination(_Model):
     region: str | None = Field(None, pattern=REGION, description="Signing region; default us-east-1.")
     credentials_secret: str | None = Field(
         None, max_length=253, pattern=DNS_SUBDOMAIN,
-        description="Secret in the job's namespace with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-        "(and AWS_SESSION_TOKEN if temporary), mounted into the trainer only; the operator never reads it. "
-        "Unset: boto3's default chain (a workload identity on the run's ServiceAccount, see the chart's "
-        "trainer.serviceAccountAnnotations).")
+        description="Secret in the job's namespace, mounted into the trainer only (the operator never reads it). "
+        "s3://: the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if temporary); "
+        "unset, boto3's default chain (a workload identity on the run's ServiceAccount, see the chart's "
+        "trainer.serviceAccountAnnotations). oci://: a kubernetes.io/dockerconfigjson Secret (kubectl create "
+        "secret docker-registry); unset, the registry is used anonymously.")
+    plain_http: bool = Field(False, description="oci:// only: talk to the registry over HTTP instead of HTTPS "
+                             "(a registry inside a test cluster; never across a network you do not own).")
 
     @model_validator(mode="after")
-    def _plain_prefix(self) -> OutputDestination:
-        if any(part in (".", "..") for part in self.uri.split("/")[3:]):
+    def _consistent(self) -> OutputDestination:
+        if self.uri.startswith("s3://") and any(part in (".", "..") for part in self.uri.split("/")[3:]):
             raise ValueError(S3_PREFIX_MESSAGE)
+        if not self.uri.startswith("s3://") and (self.endpoint or self.region):
+            raise ValueError(S3_ONLY_MESSAGE)
+        if not self.uri.startswith("oci://") and self.plain_http:
+            raise ValueError(OCI_ONLY_MESSAGE)
         return self
 
 
@@ -478,8 +495,9 @@ class OutputSpec(_Model):
     merge: bool = Field(True, description="Also save the adapter merged into the base model.")
     destinations: list[OutputDestination] = Field(
         default_factory=list, max_length=4,
-        description="Object stores the results are uploaded to and verified in (step 5); the first also holds "
-        "the checkpoints while training, so a retried pod on another node resumes without a shared volume.")
+        description="Object stores and registries the results are uploaded to and verified in (step 5); the first "
+        "s3:// one also holds the checkpoints while training, so a retried pod on another node resumes without a "
+        "shared volume.")
     keep_checkpoints: bool = Field(
         False, description="Keep the checkpoints (on the volume and the first destination) after a successful "
         "run; by default step 9 removes them and says how much it freed.")

@@ -17,9 +17,11 @@ EXIT_INVALID_INPUT = 2
 # such a pod failure (no backoffLimit count) and its retry resumes from that checkpoint.
 EXIT_INTERRUPTED = 128 + signal.SIGTERM
 
-# Where the operator mounts output.destinations[i].credentialsSecret in the trainer: <dir>/<i>/<key>, these keys.
+# Where the operator mounts output.destinations[i].credentialsSecret in the trainer: <dir>/<i>/<key>, with these
+# keys: an s3:// destination's, or an oci:// destination's kubernetes.io/dockerconfigjson key.
 DESTINATION_SECRETS_DIR = "/var/run/lora/destinations"
-DESTINATION_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
 # The trainer's env: that folder, and the pvc://<claim>/<subPath> of an output volume (its adapter's URI).
 DESTINATION_SECRETS_ENV = "LORA_DESTINATION_SECRETS_DIR"
 OUTPUT_URI_ENV = "LORA_OUTPUT_URI"

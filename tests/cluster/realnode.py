@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -80,13 +81,13 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def ensure_host_packages() -> None:
-    """Install the Debian packages the node and the image builds need (once per machine)."""
+def ensure_host_packages(packages: Sequence[str] = HOST_PACKAGES) -> None:
+    """Install the Debian packages the node and the image builds need, or ``packages`` (once per machine)."""
     def installed(package: str) -> bool:  # not `dpkg -s`: it succeeds for a removed package's leftover config
         status = _run("dpkg-query", "-W", "-f=${db:Status-Status}", package, check=False)
         return status.stdout.strip() == "installed"
 
-    missing = [p for p in HOST_PACKAGES if not installed(p)]
+    missing = [p for p in packages if not installed(p)]
     if not missing:
         return
     log.info("installing %s", " ".join(missing))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,15 +18,9 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from tests.cluster.controlplane import terminate_group
+from tests.cluster.controlplane import free_port, terminate_group
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:
@@ -36,7 +29,7 @@ class S3Server:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.access_key, self.secret_key = "lora-tests", secrets.token_hex(16)
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def endpoint(self, host: str = "127.0.0.1") -> str:
@@ -50,12 +43,12 @@ class S3Server:
         config.write_text(json.dumps({"identities": [{
             "name": "lora-tests", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        ports = {f"-{part}.port{suffix}": str(_free_port()) for part in ("master", "volume", "filer")
+        ports = {f"-{part}.port{suffix}": str(free_port()) for part in ("master", "volume", "filer")
                  for suffix in ("", ".grpc")}
         argv = [weed, "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=0.0.0.0",
                 *(f"{flag}={port}" for flag, port in ports.items()), "-master.telemetry=false",
                 "-volume.max=16", "-master.volumeSizeLimitMB=64",
-                "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={_free_port()}", f"-s3.config={config}"]
+                "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={free_port()}", f"-s3.config={config}"]
         log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115 - the server writes to it until stop()
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90

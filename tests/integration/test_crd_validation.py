@@ -74,6 +74,13 @@ BAD_SPECS = [
     ("two destinations with one uri", _with("spec.output", {"destinations": [{"uri": "s3://bucket/a"},
                                                                               {"uri": "s3://bucket/a"}]}),
      "output: destinations must have distinct uris"),
+    ("an oci destination without a tag", _with("spec.output", {"destinations": [{"uri": "oci://ghcr.io/org/x"}]}),
+     "spec.output.destinations[0].uri"),
+    ("an endpoint on an oci destination", _with("spec.output", {"destinations": [
+        {"uri": "oci://ghcr.io/org/x:v1", "endpoint": "http://minio:9000"}]}),
+     "destinations: endpoint and region are for s3:// destinations"),
+    ("plainHttp on an s3 destination", _with("spec.output", {"destinations": [
+        {"uri": "s3://bucket/x", "plainHttp": True}]}), "destinations: plainHttp is for oci:// destinations"),
     ("a destination endpoint without a scheme", _with("spec.output", {"destinations": [
         {"uri": "s3://bucket/a", "endpoint": "minio.storage:9000"}]}), "spec.output.destinations[0].endpoint"),
     ("name too long", _with("spec.suspend", False, name="x" * 60), "metadata.name must be at most 56"),

@@ -224,19 +224,24 @@ def test_pods_deleted_and_drained_mid_training_save_at_sigterm_and_the_retry_res
 
 
 
-def test_an_s3_output_without_a_volume_survives_a_deleted_pod_and_lands_verified_in_the_bucket(
-        rk, real_cluster, operator_release, real_namespace, s3_server, s3_bucket, tmp_path):
-    """No PVC at all: the output is an emptyDir, the results go to SeaweedFS on the host (reached over the pod
-    network at the node's address). The pod is deleted mid-training; the retry gets a fresh emptyDir and resumes
-    from the checkpoint the SIGTERM saved and mirrored to the bucket. The bucket then holds every file of the
-    manifest, and the adapter fetched from it computes what the merged model computes."""
+def test_s3_and_oci_outputs_without_a_volume_survive_a_deleted_pod_and_land_verified(
+        rk, real_cluster, operator_release, real_namespace, s3_server, s3_bucket, oci_registry, tmp_path):
+    """No PVC at all: the output is an emptyDir; the results go to SeaweedFS and the adapter to a registry, both
+    on the host (reached over the pod network at the node's address). The pod is deleted mid-training; the retry
+    gets a fresh emptyDir and resumes from the checkpoint the SIGTERM saved and mirrored to the bucket. The bucket
+    then holds every file of the manifest, the registry the adapter (pulled back with an OCI client), and the
+    adapter fetched from either computes what the merged model computes."""
     rk.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
               "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
                              "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}}, real_namespace)
-    prefix = f"{real_namespace}/s3out"
+    rk.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "registry-push"},
+              "type": "kubernetes.io/dockerconfigjson",
+              "stringData": {".dockerconfigjson": oci_registry.docker_config(NODE_IP)}}, real_namespace)
+    prefix, image = f"{real_namespace}/s3out", f"{oci_registry.host(NODE_IP)}/{real_namespace}/s3out:v1"
     run = _run("s3out", "unused")
-    run["spec"]["output"] = {"destinations": [{"uri": f"s3://{s3_bucket}/{prefix}", "credentialsSecret": "s3-keys",
-                                               "endpoint": s3_server.endpoint(NODE_IP)}]}
+    run["spec"]["output"] = {"destinations": [
+        {"uri": f"s3://{s3_bucket}/{prefix}", "credentialsSecret": "s3-keys", "endpoint": s3_server.endpoint(NODE_IP)},
+        {"uri": f"oci://{image}", "credentialsSecret": "registry-push", "plainHttp": True}]}
     rk.apply(run, real_namespace)
 
     def mirrored() -> list[str]:
@@ -263,6 +268,9 @@ def test_an_s3_output_without_a_volume_survives_a_deleted_pod_and_lands_verified
     model = api.ModelSpec.model_validate(run["spec"]["model"])
     assert_adapter_computes_the_merged_model(lambda dtype: load_model(model, dtype, on_cpu=True).model,
                                              adapter, merged)
+    oci = artifacts["destinations"][1]
+    pulled = oci_registry.pull(f"{oci_registry.host()}/{real_namespace}/s3out@{oci['digest']}", tmp_path / "oci")
+    assert {p.name: p.read_bytes() for p in pulled} == {p.name: p.read_bytes() for p in adapter.iterdir()}
 
 def test_a_run_deleted_mid_training_stops_its_pod_in_seconds(rk, real_cluster, operator_release, real_namespace):
     """`kubectl delete ltj`: the garbage collector deletes the Job and the pod; the trainer saves the step in

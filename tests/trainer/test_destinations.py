@@ -27,6 +27,8 @@ from lora_trainer.checkpoints import MARKER
 from lora_trainer.cli import main
 from lora_trainer.steps.saving import rank_warning
 from lora_trainer.steps.validation import TOLERANCE
+from tests.cluster.controlplane import free_port
+from tests.cluster.registry import Registry
 from tests.cluster.s3server import S3Server
 from tests.trainer.conftest import tiny_spec, tiny_spec_dict
 from tests.trainer.test_pipeline import run
@@ -139,8 +141,6 @@ def test_a_missing_secret_is_named(tiny_model: Path, tmp_path: Path, s3_server: 
 
 def test_an_endpoint_that_is_down_fails_with_exit_1_and_reports_no_artifact(
         tiny_model: Path, tmp_path: Path, s3_server: S3Server, s3_bucket: str, secrets_dir: Path) -> None:
-    from tests.conftest import free_port
-
     down = f"http://127.0.0.1:{free_port()}"
     finished = run(tiny_spec(tiny_model, output={"destinations": [_destination(s3_server, s3_bucket, down)]}),
                    tmp_path / "out")
@@ -193,3 +193,63 @@ def test_a_rank_above_the_serving_default_names_the_flag_value_to_use() -> None:
     assert rank_warning(8) is None and rank_warning(16) is None
     assert "--max-lora-rank=32 (KServe: lora.maxRank: 32" in rank_warning(24)  # the flag takes no 24
     assert "--max-lora-rank=320" in rank_warning(300) and "--max-lora-rank=512" in rank_warning(512)
+
+
+def _registry_secret(secrets_dir: Path, registry: Registry, password: str | None = None) -> None:
+    """Destination 0's Secret as a kubernetes.io/dockerconfigjson one, instead of S3 keys."""
+    for key in (secrets_dir / "0").iterdir():
+        key.unlink()
+    (secrets_dir / "0" / ".dockerconfigjson").write_text(registry.docker_config(password=password))
+
+
+def test_the_adapter_is_pushed_to_a_registry_as_a_modelpack_artifact_and_pulls_back_verified(
+        tiny_model: Path, tmp_path: Path, oci_registry: Registry, secrets_dir: Path) -> None:
+    _registry_secret(secrets_dir, oci_registry)
+    uri = f"oci://{oci_registry.host()}/adapters/tiny:v1"
+    finished = run(tiny_spec(tiny_model, output={"destinations": [
+        {"uri": uri, "plainHttp": True, "credentialsSecret": SECRET}]}), tmp_path / "out")
+    assert finished.result.exit_code == 0, finished.status.message
+    out, [copy] = finished.output, finished.status.artifacts.destinations
+    raw, manifest = oci_registry.manifest("adapters/tiny", "v1")
+    assert copy.digest == "sha256:" + _sha256(raw) and copy.uri == uri
+    assert copy.adapter_uri == f"oci://{oci_registry.host()}/adapters/tiny@{copy.digest}"  # pinned: tags move
+    assert finished.status.artifacts.adapter_uri == copy.adapter_uri
+    assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.cncf.model.config.v1+json"
+    run_manifest = _sha256((out / "manifest.json").read_bytes())
+    assert manifest["annotations"]["io.airepublic.lora.manifest-sha256"] == run_manifest
+    local = {p.name: p for p in (out / "adapter").iterdir()}
+    types = {layer["annotations"]["org.cncf.model.filepath"]: layer["mediaType"] for layer in manifest["layers"]}
+    assert set(types) == set(local) and types["adapter_model.safetensors"].endswith("weight.v1.raw")
+    assert types["adapter_config.json"].endswith("weight.config.v1.raw")
+
+    pulled = oci_registry.pull(f"{oci_registry.host()}/adapters/tiny@{copy.digest}", tmp_path / "pulled")
+    assert {p.name: p.read_bytes() for p in pulled} == {n: p.read_bytes() for n, p in local.items()}
+
+    def base(dtype: torch.dtype) -> Any:
+        return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype)
+
+    assert_adapter_computes_the_merged_model(base, tmp_path / "pulled", out / "merged")
+
+
+def test_a_registry_refusing_the_credentials_fails_before_training_with_exit_2(
+        tiny_model: Path, tmp_path: Path, oci_registry: Registry, secrets_dir: Path) -> None:
+    _registry_secret(secrets_dir, oci_registry, password="wrong")
+    uri = f"oci://{oci_registry.host()}/adapters/refused:v1"
+    finished = run(tiny_spec(tiny_model, output={"destinations": [
+        {"uri": uri, "plainHttp": True, "credentialsSecret": SECRET}]}), tmp_path / "out")
+    assert finished.result.exit_code == EXIT_INVALID_INPUT
+    assert f"output.destinations[0] {uri}: a test push refused (HTTP 401); check the Secret {SECRET}" \
+        in finished.recorder.message(3)
+    assert finished.status.artifacts is None
+
+
+def test_a_registry_secret_for_another_registry_is_named(
+        tiny_model: Path, tmp_path: Path, oci_registry: Registry, secrets_dir: Path) -> None:
+    _registry_secret(secrets_dir, oci_registry)
+    uri = f"oci://localhost:{oci_registry.port}/adapters/other:v1"  # the Secret names 127.0.0.1:<port>
+    finished = run(tiny_spec(tiny_model, output={"destinations": [
+        {"uri": uri, "plainHttp": True, "credentialsSecret": SECRET}]}), tmp_path / "out")
+    assert finished.result.exit_code == EXIT_INVALID_INPUT
+    assert (f"Secret {SECRET}: .dockerconfigjson has no credentials for localhost:{oci_registry.port} "
+            f"(its auths: 127.0.0.1:{oci_registry.port})") in finished.recorder.message(3)

@@ -19,6 +19,7 @@ from lora_trainer.formats import Example
 from lora_trainer.grader import BuiltinGrader, Grader
 from lora_trainer.layout import OutputLayout
 from lora_trainer.modeling import LoadedModel
+from lora_trainer.oci import OciStore
 from lora_trainer.profiles import for_this_machine
 from lora_trainer.signals import StopSignals
 
@@ -87,12 +88,17 @@ class RunContext:
     eval_model: Any = None  # the reloaded trained model graded in steps 6-8
     validation_loss: tuple[float | None, float | None] = (None, None)
     after: GradeScores | None = None
-    stores: list[S3Store] = field(default_factory=list)  # output.destinations, opened in step 3
+    stores: list[S3Store | OciStore] = field(default_factory=list)  # output.destinations, opened in step 3
+
+    @property
+    def buckets(self) -> list[S3Store]:
+        """The s3:// destinations: they get the whole results, registries the adapter only."""
+        return [s for s in self.stores if isinstance(s, S3Store)]
 
     @property
     def checkpoint_mirror(self) -> CheckpointMirror | None:
-        """The first destination's copy of ``checkpoints/`` (docs/artifacts.md), if there is a destination."""
-        return CheckpointMirror(self.stores[0], self.layout.checkpoints) if self.stores else None
+        """The first s3:// destination's copy of ``checkpoints/`` (docs/artifacts.md), if there is one."""
+        return CheckpointMirror(self.buckets[0], self.layout.checkpoints) if self.buckets else None
 
     @property
     def dataset(self) -> PreparedData:

@@ -30,13 +30,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from lora_contract.api import OutputDestination, UploadedCopy
-from lora_contract.wire import DESTINATION_SECRET_KEYS, DESTINATION_SECRETS_ENV
+from lora_contract.wire import DESTINATION_SECRETS_ENV, S3_SECRET_KEYS
 from lora_trainer.checkpoints import MARKER
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.layout import sha256
+from lora_trainer.oci import OciStore
 
-CREDENTIAL_KEYS = DESTINATION_SECRET_KEYS[:2]  # required; the session token only with temporary keys
-SESSION_TOKEN_KEY = DESTINATION_SECRET_KEYS[2]
+CREDENTIAL_KEYS = S3_SECRET_KEYS[:2]  # required; the session token only with temporary keys
+SESSION_TOKEN_KEY = S3_SECRET_KEYS[2]
 HASH_METADATA = "sha256"  # x-amz-meta-sha256 on every object we upload
 CHECKPOINTS = "checkpoints"
 WRITE_CHECK = ".lora-operator-write-check"
@@ -268,5 +269,5 @@ class CheckpointMirror:
         return sum(size for _, size in found)
 
 
-def open_stores(destinations: list[OutputDestination]) -> list[S3Store]:
-    return [S3Store(i, d) for i, d in enumerate(destinations)]
+def open_stores(destinations: list[OutputDestination]) -> list[S3Store | OciStore]:
+    return [S3Store(i, d) if d.uri.startswith("s3://") else OciStore(i, d) for i, d in enumerate(destinations)]

@@ -52,7 +52,7 @@ def tidy(ctx: RunContext) -> list[str]:
     the checkpoints removed from the volume and the first destination (the adapter is saved and verified by now;
     a retry after this point would start training over, so it is the last thing before the report)."""
     parts = []
-    for store in ctx.stores:
+    for store in ctx.buckets:
         sent = store.upload_tree(ctx.output_dir, ctx.layout.evaluation.name)
         parts.append(f"evaluation records uploaded to {store.dest.uri} ({sent} new)")
     if ctx.spec.output.keep_checkpoints:

@@ -34,7 +34,7 @@ def run(ctx: RunContext) -> str:
     fetched = mirror.pull() if mirror else None  # a retry on a node without the volume's checkpoints
     resume = _resume_point(checkpoints, ctx.fingerprint)
     done = finished_state(resume) if resume else None
-    source = f" ({fetched} fetched from {ctx.stores[0].dest.uri})" if fetched else ""
+    source = f" ({fetched} fetched from {ctx.buckets[0].dest.uri})" if fetched else ""
     if resume and done:
         return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end) + source
     while True:
