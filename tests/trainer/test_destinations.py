@@ -88,15 +88,18 @@ def test_results_are_uploaded_verified_and_the_adapter_loads_from_the_bucket(
 
 
 def assert_adapter_computes_the_merged_model(base: Callable[[torch.dtype], Any], adapter: Path, merged: Path) -> None:
-    """``adapter`` on the base model (``base(dtype)``) gives the logits of the merged model, within step 6's
-    tolerance for the training precision (merging rounds the weights to it once more)."""
+    """``adapter`` on the base model (``base(dtype)``) gives the merged model's next tokens and logits within
+    step 6's tolerance for the precision the merged weights were saved in (merging rounded them to it once
+    more). Both run in float32: in bf16 a 30-layer model's activations drift apart by rounding alone (SmolLM2:
+    1.6 of max |logit| 28 in bf16, 0.21 in float32, on the same files)."""
     full = AutoModelForCausalLM.from_pretrained(merged).eval()
-    adapted = PeftModel.from_pretrained(base(full.dtype), str(adapter)).eval()
+    tolerance = TOLERANCE[full.dtype]
+    adapted = PeftModel.from_pretrained(base(torch.float32), str(adapter)).eval()
     prompts = torch.tensor([[1, 5, 9, 14, 2, 7], [3, 3, 8, 21, 40, 6]])
     with torch.inference_mode():
-        expected, got = full(input_ids=prompts).logits.float(), adapted(input_ids=prompts).logits.float()
-    tolerance = TOLERANCE[full.dtype] * max(1.0, expected.abs().max().item())
-    assert (got - expected).abs().max().item() <= tolerance
+        expected, got = full.float()(input_ids=prompts).logits, adapted(input_ids=prompts).logits
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert (got - expected).abs().max().item() <= tolerance * max(1.0, expected.abs().max().item())
 
 def test_a_second_attempt_sends_only_what_is_missing(
         tiny_model: Path, tmp_path: Path, s3_server: S3Server, s3_bucket: str, secrets_dir: Path) -> None:
