@@ -47,7 +47,9 @@ class S3Server:
                  for suffix in ("", ".grpc")}
         argv = [weed, "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=0.0.0.0",
                 *(f"{flag}={port}" for flag, port in ports.items()), "-master.telemetry=false",
-                "-volume.max=16", "-master.volumeSizeLimitMB=64",
+                # Each bucket is a collection that grows 7 volumes at once: with small volumes, let their number
+                # follow the free disk (0), or a session's buckets run out of volumes ("InternalError").
+                "-volume.max=0", "-master.volumeSizeLimitMB=64",
                 "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={free_port()}", f"-s3.config={config}"]
         log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115 - the server writes to it until stop()
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

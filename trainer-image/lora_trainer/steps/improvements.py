@@ -58,6 +58,8 @@ def tidy(ctx: RunContext) -> list[str]:
     if ctx.spec.output.keep_checkpoints:
         return parts
     checkpoints, mirror = ctx.layout.checkpoints, ctx.checkpoint_mirror
+    if not checkpoints.exists() and mirror is None:  # nothing was saved (a run resumed past training elsewhere)
+        return parts
     freed = folder_bytes(checkpoints)
     shutil.rmtree(checkpoints, ignore_errors=True)
     freed += mirror.remove() if mirror else 0
