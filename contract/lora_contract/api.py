@@ -499,7 +499,7 @@ class OutputSpec(_Model):
         "s3:// one also holds the checkpoints while training, so a retried pod on another node resumes without a "
         "shared volume.")
     keep_checkpoints: bool = Field(
-        False, description="Keep the checkpoints (on the volume and the first destination) after a successful "
+        False, description="Keep the checkpoints (on the volume and the first s3:// destination) after a successful "
         "run; by default step 9 removes them and says how much it freed.")
 
     @model_validator(mode="after")
@@ -660,8 +660,9 @@ class Artifacts(_Reported):
     manifest: str | None = Field(None, max_length=PATH_LIMIT)
     adapter_uri: str | None = Field(
         None, max_length=PATH_LIMIT,
-        description="Where to load the adapter from after the run: the first destination's copy (s3://...), or "
-        "pvc://<claim>/<subPath>/adapter on an output volume; unset when it lived in an emptyDir only.")
+        description="Where to load the adapter from after the run: the first destination's copy (s3://... or "
+        "oci://...@sha256:...), or pvc://<claim>/<subPath>/adapter on an output volume; unset when it lived in an "
+        "emptyDir only.")
     destinations: list[UploadedCopy] = Field(default_factory=list, max_length=4)
     lora_rank: int | None = Field(None, ge=1, description="The adapter's rank: a server needs --max-lora-rank >= it.")
     checkpoints_removed_bytes: int | None = Field(

@@ -27,7 +27,7 @@ class ProgressCallback(TrainerCallback):
     def __init__(self, emit: Callable[[TrainerEvent], None], fingerprint: str, divergence_factor: float,
                  signals: StopSignals | None = None, mirror: Callable[[Path], None] | None = None) -> None:
         self.emit, self.fingerprint, self.divergence_factor = emit, fingerprint, divergence_factor
-        self.mirror = mirror  # copies a complete checkpoint to the first output destination
+        self.mirror = mirror  # copies a complete checkpoint to the first s3:// output destination
         self.signals = signals or StopSignals()  # not installed: no signal ever comes
         self.started = time.monotonic()
         self.start_step = self.start_tokens = 0

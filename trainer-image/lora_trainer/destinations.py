@@ -10,7 +10,7 @@ on top:
   size and hash is not sent again, so a retried pod carries on where a killed one stopped, file by file;
 - **verified**: every object is read back and hashed against the manifest before the copy is reported;
   nothing half-written ever reaches ``status.trainer.artifacts``;
-- **checkpoints**: the first destination mirrors ``checkpoints/`` during training (each checkpoint's
+- **checkpoints**: the first s3:// destination mirrors ``checkpoints/`` during training (each checkpoint's
   completion marker last, like on the volume), and a pod that finds no checkpoint on its own volume
   fetches the newest complete one from there;
 - **messages** that say which destination, which endpoint and what to fix.

@@ -49,7 +49,7 @@ def improvements(before: GradeScores | None, after: GradeScores | None) -> Impro
 
 def tidy(ctx: RunContext) -> list[str]:
     """The run's last writes: the evaluation records to each destination, then, unless output.keepCheckpoints,
-    the checkpoints removed from the volume and the first destination (the adapter is saved and verified by now;
+    the checkpoints removed from the volume and the first s3:// destination (the adapter is saved and verified by now;
     a retry after this point would start training over, so it is the last thing before the report)."""
     parts = []
     for store in ctx.buckets:
