@@ -428,35 +428,43 @@ S3_URI = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/\s]+)*/?"
 # oci://registry[:port]/repository:tag, the repository and tag as the OCI distribution spec allows them.
 OCI_URI = (r"oci://[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:[0-9]{1,5})?"
            r"/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*:[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+# hf://owner/name[@branch]: a hub repository id as huggingface_hub validates one (letters, digits, '-', '_', '.';
+# at most 96 characters each side), and a branch name.
+HF_URI = (r"hf://[A-Za-z0-9]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?"
+          r"(@[A-Za-z0-9][A-Za-z0-9_./-]{0,199})?")
 S3_PREFIX_MESSAGE = "destinations: an s3:// uri's prefix must not contain '.' or '..' segments"
-S3_ONLY_MESSAGE = "destinations: endpoint and region are for s3:// destinations"
+S3_ONLY_MESSAGE = "destinations: endpoint is for s3:// and hf:// destinations, region for s3:// only"
 OCI_ONLY_MESSAGE = "destinations: plainHttp is for oci:// destinations"
 REGION = r"^[a-z0-9-]{1,32}$"
 
 
 class OutputDestination(_Model):
     """Where the run's results are copied besides the output volume (docs/artifacts.md): S3-compatible object
-    storage (boto3) or an OCI registry (oras-py); every copy is read back against the run's manifest."""
+    storage (boto3), an OCI registry (oras-py) or the Hugging Face Hub (huggingface_hub); every copy is read back
+    against the run's manifest."""
 
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": [
             {"rule": "!self.uri.matches('/[.]{1,2}(/|$)')", "message": S3_PREFIX_MESSAGE},
-            {"rule": "self.uri.startsWith('s3://') || (!has(self.endpoint) && !has(self.region))",
-             "message": S3_ONLY_MESSAGE},
+            {"rule": "self.uri.startsWith('s3://') || (!has(self.region) && (!has(self.endpoint) || "
+                     "self.uri.startsWith('hf://')))", "message": S3_ONLY_MESSAGE},
             {"rule": "self.uri.startsWith('oci://') || !has(self.plainHttp) || !self.plainHttp",
              "message": OCI_ONLY_MESSAGE}]}
     )
 
     uri: str = Field(
-        pattern=f"^({S3_URI}|{OCI_URI})$", max_length=1024,
+        pattern=f"^({S3_URI}|{OCI_URI}|{HF_URI})$", max_length=1024,
         description="s3://bucket/prefix: the run writes <uri>/adapter/, <uri>/merged/ (with output.merge), "
         "<uri>/evaluation/ and <uri>/manifest.json (last, so a manifest means a complete copy), and the first "
         "s3:// destination keeps the checkpoints under <uri>/checkpoints/ while the run trains. "
-        "oci://registry/repository:tag: the adapter is pushed as a CNCF ModelPack artifact under the tag.")
+        "oci://registry/repository:tag: the adapter is pushed as a CNCF ModelPack artifact under the tag. "
+        "hf://owner/name[@branch]: the adapter at the hub repository's root (created private if missing) and "
+        "the manifest as lora-run/manifest.json, in one commit.")
     endpoint: str | None = Field(
         None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2048,
-        description="The S3 endpoint of a non-AWS store (MinIO, Ceph RGW, SeaweedFS, GCS interoperability), "
-        "e.g. http://minio.storage:9000; path-style addressing is used with one. Unset: AWS.")
+        description="s3://: the endpoint of a non-AWS store (MinIO, Ceph RGW, SeaweedFS, GCS interoperability), "
+        "e.g. http://minio.storage:9000; path-style addressing is used with one. Unset: AWS. hf://: a hub other "
+        "than huggingface.co (a mirror or a self-hosted hub).")
     region: str | None = Field(None, pattern=REGION, description="Signing region; default us-east-1.")
     credentials_secret: str | None = Field(
         None, max_length=253, pattern=DNS_SUBDOMAIN,
@@ -464,7 +472,8 @@ class OutputDestination(_Model):
         "s3://: the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if temporary); "
         "unset, boto3's default chain (a workload identity on the run's ServiceAccount, see the chart's "
         "trainer.serviceAccountAnnotations). oci://: a kubernetes.io/dockerconfigjson Secret (kubectl create "
-        "secret docker-registry); unset, the registry is used anonymously.")
+        "secret docker-registry); unset, the registry is used anonymously. hf://: the key HF_TOKEN (a token that "
+        "may write); unset, the run's hubTokenSecret.")
     plain_http: bool = Field(False, description="oci:// only: talk to the registry over HTTP instead of HTTPS "
                              "(a registry inside a test cluster; never across a network you do not own).")
 
@@ -472,7 +481,7 @@ class OutputDestination(_Model):
     def _consistent(self) -> OutputDestination:
         if self.uri.startswith("s3://") and any(part in (".", "..") for part in self.uri.split("/")[3:]):
             raise ValueError(S3_PREFIX_MESSAGE)
-        if not self.uri.startswith("s3://") and (self.endpoint or self.region):
+        if not self.uri.startswith("s3://") and (self.region or (self.endpoint and not self.uri.startswith("hf://"))):
             raise ValueError(S3_ONLY_MESSAGE)
         if not self.uri.startswith("oci://") and self.plain_http:
             raise ValueError(OCI_ONLY_MESSAGE)
@@ -648,7 +657,8 @@ class UploadedCopy(_Reported):
 
     uri: str = Field(max_length=PATH_LIMIT)
     adapter_uri: str = Field(max_length=PATH_LIMIT)
-    digest: str = Field(max_length=80, description="sha256:<hex> of the manifest.json uploaded with the copy.")
+    digest: str = Field(max_length=80, description="What pins the copy: s3://, sha256:<hex> of the manifest.json "
+                        "uploaded with it; oci://, the artifact's manifest digest; hf://, git:<commit>.")
     bytes: int = Field(ge=0, description="Bytes uploaded and read back, manifest included.")
     files: int = Field(ge=0)
 
@@ -660,9 +670,9 @@ class Artifacts(_Reported):
     manifest: str | None = Field(None, max_length=PATH_LIMIT)
     adapter_uri: str | None = Field(
         None, max_length=PATH_LIMIT,
-        description="Where to load the adapter from after the run: the first destination's copy (s3://... or "
-        "oci://...@sha256:...), or pvc://<claim>/<subPath>/adapter on an output volume; unset when it lived in an "
-        "emptyDir only.")
+        description="Where to load the adapter from after the run: the first destination's copy (s3://..., "
+        "oci://...@sha256:... or hf://owner/name@<commit>), or pvc://<claim>/<subPath>/adapter on an output "
+        "volume; unset when it lived in an emptyDir only.")
     destinations: list[UploadedCopy] = Field(default_factory=list, max_length=4)
     lora_rank: int | None = Field(None, ge=1, description="The adapter's rank: a server needs --max-lora-rank >= it.")
     checkpoints_removed_bytes: int | None = Field(

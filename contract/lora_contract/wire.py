@@ -18,10 +18,18 @@ EXIT_INVALID_INPUT = 2
 EXIT_INTERRUPTED = 128 + signal.SIGTERM
 
 # Where the operator mounts output.destinations[i].credentialsSecret in the trainer: <dir>/<i>/<key>, with these
-# keys: an s3:// destination's, or an oci:// destination's kubernetes.io/dockerconfigjson key.
+# keys: an s3:// destination's, an oci:// destination's kubernetes.io/dockerconfigjson key, or an hf:// one's token.
 DESTINATION_SECRETS_DIR = "/var/run/lora/destinations"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 DOCKER_CONFIG_KEY = ".dockerconfigjson"
+HF_TOKEN_KEY = "HF_TOKEN"
+
+
+def destination_secret_keys(uri: str) -> tuple[str, ...]:
+    """The keys of a destination's credentialsSecret the trainer reads, by the uri's scheme."""
+    if uri.startswith("s3://"):
+        return S3_SECRET_KEYS
+    return (HF_TOKEN_KEY,) if uri.startswith("hf://") else (DOCKER_CONFIG_KEY,)
 # The trainer's env: that folder, and the pvc://<claim>/<subPath> of an output volume (its adapter's URI).
 DESTINATION_SECRETS_ENV = "LORA_DESTINATION_SECRETS_DIR"
 OUTPUT_URI_ENV = "LORA_OUTPUT_URI"

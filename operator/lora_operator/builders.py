@@ -19,11 +19,10 @@ from lora_contract import api
 from lora_contract.wire import (
     DESTINATION_SECRETS_DIR,
     DESTINATION_SECRETS_ENV,
-    DOCKER_CONFIG_KEY,
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
     OUTPUT_URI_ENV,
-    S3_SECRET_KEYS,
+    destination_secret_keys,
 )
 
 MANAGED_BY = "lora-operator"
@@ -195,8 +194,7 @@ def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, A
     # a missing Secret fails the run in step 3 with its name, instead of holding the pod in ContainerCreating.
     # Only the keys the trainer reads are projected.
     secrets = [{"secret": {"name": d.credentials_secret, "optional": True,
-                           "items": [{"key": k, "path": f"{i}/{k}"} for k in (
-                               S3_SECRET_KEYS if d.uri.startswith("s3://") else (DOCKER_CONFIG_KEY,))]}}
+                           "items": [{"key": k, "path": f"{i}/{k}"} for k in destination_secret_keys(d.uri)]}}
                for i, d in enumerate(spec.output.destinations) if d.credentials_secret]
     if secrets:
         volumes.append({"name": "destinations", "projected": {"defaultMode": 0o440, "sources": secrets}})

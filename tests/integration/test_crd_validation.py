@@ -78,7 +78,12 @@ BAD_SPECS = [
      "spec.output.destinations[0].uri"),
     ("an endpoint on an oci destination", _with("spec.output", {"destinations": [
         {"uri": "oci://ghcr.io/org/x:v1", "endpoint": "http://minio:9000"}]}),
-     "destinations: endpoint and region are for s3:// destinations"),
+     "destinations: endpoint is for s3:// and hf:// destinations, region for s3:// only"),
+    ("a region on an hf destination", _with("spec.output", {"destinations": [
+        {"uri": "hf://team-a/adapter", "region": "eu-west-1"}]}),
+     "destinations: endpoint is for s3:// and hf:// destinations, region for s3:// only"),
+    ("an hf destination without an owner", _with("spec.output", {"destinations": [{"uri": "hf://adapter"}]}),
+     "spec.output.destinations[0].uri"),
     ("plainHttp on an s3 destination", _with("spec.output", {"destinations": [
         {"uri": "s3://bucket/x", "plainHttp": True}]}), "destinations: plainHttp is for oci:// destinations"),
     ("a destination endpoint without a scheme", _with("spec.output", {"destinations": [

@@ -188,15 +188,17 @@ def test_destination_secrets_are_mounted_optional_with_only_their_keys_and_a_vol
     spec = _spec(output={"claimName": "artifacts", "destinations": [
         {"uri": "s3://adapters/team-a", "endpoint": "http://minio.storage:9000", "credentialsSecret": "s3-keys"},
         {"uri": "s3://backup/team-a"},  # no Secret: boto3's chain (workload identity)
-        {"uri": "oci://ghcr.io/team-a/adapter:v1", "credentialsSecret": "ghcr-push"}]})
+        {"uri": "oci://ghcr.io/team-a/adapter:v1", "credentialsSecret": "ghcr-push"},
+        {"uri": "hf://team-a/adapter", "credentialsSecret": "hub-push"}]})
     pod = _pod(builders.job("demo", "ns", spec, CFG))
     [volume] = [v for v in pod["volumes"] if v["name"] == "destinations"]
-    source, registry = volume["projected"]["sources"]  # destination 1 has no Secret
+    source, registry, hub = volume["projected"]["sources"]  # destination 1 has no Secret
     assert source["secret"]["name"] == "s3-keys" and source["secret"]["optional"] is True
     assert [i["path"] for i in source["secret"]["items"]] == ["0/AWS_ACCESS_KEY_ID", "0/AWS_SECRET_ACCESS_KEY",
                                                               "0/AWS_SESSION_TOKEN"]
     assert registry["secret"] == {"name": "ghcr-push", "optional": True,  # a kubernetes.io/dockerconfigjson one
                                   "items": [{"key": ".dockerconfigjson", "path": "2/.dockerconfigjson"}]}
+    assert hub["secret"]["items"] == [{"key": "HF_TOKEN", "path": "3/HF_TOKEN"}]
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["destinations"] == {"name": "destinations", "mountPath": wire.DESTINATION_SECRETS_DIR,
                                       "readOnly": True}

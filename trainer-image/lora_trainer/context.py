@@ -13,13 +13,12 @@ import torch
 
 from lora_contract.api import PIPELINE_STEPS, Artifacts, GraderType, GradeScores, LoraTrainingJobSpec
 from lora_contract.progress import NoteEvent, TrainerEvent
-from lora_trainer.destinations import CheckpointMirror, S3Store
+from lora_trainer.destinations import CheckpointMirror, S3Store, Store
 from lora_trainer.evaluation import EvalItem
 from lora_trainer.formats import Example
 from lora_trainer.grader import BuiltinGrader, Grader
 from lora_trainer.layout import OutputLayout
 from lora_trainer.modeling import LoadedModel
-from lora_trainer.oci import OciStore
 from lora_trainer.profiles import for_this_machine
 from lora_trainer.signals import StopSignals
 
@@ -88,7 +87,7 @@ class RunContext:
     eval_model: Any = None  # the reloaded trained model graded in steps 6-8
     validation_loss: tuple[float | None, float | None] = (None, None)
     after: GradeScores | None = None
-    stores: list[S3Store | OciStore] = field(default_factory=list)  # output.destinations, opened in step 3
+    stores: list[Store] = field(default_factory=list)  # output.destinations, opened in step 3
 
     @property
     def buckets(self) -> list[S3Store]:

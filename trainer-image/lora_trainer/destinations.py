@@ -33,6 +33,7 @@ from lora_contract.api import OutputDestination, UploadedCopy
 from lora_contract.wire import DESTINATION_SECRETS_ENV, S3_SECRET_KEYS
 from lora_trainer.checkpoints import MARKER
 from lora_trainer.errors import InvalidInput, StepError
+from lora_trainer.hub import HubStore
 from lora_trainer.layout import sha256
 from lora_trainer.oci import OciStore
 
@@ -269,5 +270,10 @@ class CheckpointMirror:
         return sum(size for _, size in found)
 
 
-def open_stores(destinations: list[OutputDestination]) -> list[S3Store | OciStore]:
-    return [S3Store(i, d) if d.uri.startswith("s3://") else OciStore(i, d) for i, d in enumerate(destinations)]
+Store = S3Store | OciStore | HubStore
+
+
+def open_stores(destinations: list[OutputDestination]) -> list[Store]:
+    """A store per destination, by its uri's scheme."""
+    kinds: dict[str, type[Store]] = {"s3": S3Store, "oci": OciStore, "hf": HubStore}
+    return [kinds[d.uri.split("://", 1)[0]](i, d) for i, d in enumerate(destinations)]
