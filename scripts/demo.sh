@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo: the README's "On a real cluster" section, verbatim, on this machine. A local control
-# plane with a real node (kubelet + containerd + runc, tests/cluster/realnode.py; needs root) runs the
-# images built here from operator/Dockerfile and trainer-image/Dockerfile (no registry: they sit in
-# the node's containerd as localhost/lora-operator:0.1.0 and localhost/lora-trainer:0.1.0). Then
-# `helm install`, `kubectl apply -f examples/quickstart.yaml`, the watch until the run ends, the report.
+# plane with a real node (kubelet + containerd + runc, tests/cluster/realnode.py; needs root) and
+# its registry (Debian's docker-registry on 127.0.0.1): the images are built here from
+# operator/Dockerfile and trainer-image/Dockerfile and pushed there as $REGISTRY/lora-operator:0.1.0
+# and $REGISTRY/lora-trainer:0.1.0 (tests/cluster/build_images.sh, buildah), and the node pulls
+# them. Then `helm install`, `kubectl apply -f examples/quickstart.yaml`, the watch until the run
+# ends, the report, and the adapter's URI.
 # Keep the cluster afterwards with LORA_DEMO_KEEP=1 (Ctrl-C stops it and restores the host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> building the images and starting the control plane with a real node in $STATE/cluster"
+echo "==> building and pushing the images, starting the control plane with a real node in $STATE/cluster"
 python -m tests.cluster.realnode up --state-dir "$STATE/cluster" >"$STATE/cluster.out" 2>"$STATE/cluster.log" &
 pids+=($!)
 for _ in $(seq 1 3600); do
@@ -30,10 +32,12 @@ done
 export KUBECONFIG="$STATE/cluster/control-plane/kubeconfig"
 kubectl get nodes -o wide
 
-echo "==> the README's \"On a real cluster\" section"
-REGISTRY=localhost
+echo "==> the README's \"On a real cluster\" section (the images are in the node's registry already)"
+REGISTRY="$(sed -n 's/^# REGISTRY=//p' "$STATE/cluster.out")"
 helm install lora-operator charts/lora-operator -n lora-system --create-namespace --wait \
   --set image.repository=$REGISTRY/lora-operator --set trainer.image.repository=$REGISTRY/lora-trainer
+echo "operator image pulled from the registry: $(kubectl get pods -n lora-system \
+  -o jsonpath='{.items[0].status.containerStatuses[0].imageID}')"
 kubectl apply -f examples/quickstart.yaml
 kubectl get loratrainingjobs -w &
 pids+=($!)

@@ -71,10 +71,14 @@ def resolve_bin_dir() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    """Ask the kernel for an unused loopback port (racy, but fine on a test machine)."""
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` when it is unused, else an unused loopback port the kernel picks (racy, but fine on a test
+    machine)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 

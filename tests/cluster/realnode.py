@@ -1,19 +1,20 @@
 """A real node: kubelet + containerd + runc + a CNI bridge + kube-proxy + CoreDNS, on this host.
 
 `RealCluster` starts a `ControlPlane` that advertises an address pods can reach, then a
-node that runs pods as real containers from images built here (tests/cluster/build_images.sh),
+node that runs pods as real containers from images built here (tests/cluster/build_images.sh) and
+pulled by containerd from a local registry (Debian's docker-registry, as a cluster pulls from its own),
 so what only a real kubelet does is tested for real: runAsNonRoot against the image's user,
 readOnlyRootFilesystem, memory limits (the kernel's OOM killer, exit 137, reason OOMKilled),
 projected tokens, termination messages, emptyDir and PVC mounts, Services and DNS names.
 
-Everything lives under one state folder, except the containerd image store, which is cached
-between runs (an imported trainer image is gigabytes). The host changes it makes are recorded
+Everything lives under one state folder, except the containerd image store and the registry's
+storage, which are cached between runs (the trainer image is gigabytes). The host changes it makes are recorded
 first and undone on exit (see `HostChanges` and tests/cluster/README.md): a bridge and its
 address, sysctls the kubelet and kube-proxy set, iptables rules, cgroups, network namespaces
 and mounts.
 
-Needs root and Debian's containerd, runc, containernetworking-plugins, iptables and conntrack
-(`ensure_host_packages`). CLI: ``python -m tests.cluster.realnode up --state-dir DIR``.
+Needs root and Debian's containerd, runc, containernetworking-plugins, iptables, conntrack and
+docker-registry (`ensure_host_packages`). CLI: ``python -m tests.cluster.realnode up --state-dir DIR``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -45,6 +45,8 @@ from tests.cluster.controlplane import (
     terminate_group,
     write_kubeconfig,
 )
+from tests.cluster.debian import ensure_host_packages
+from tests.cluster.registry import Registry
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("LORA_OPERATOR_CACHE") or Path.home() / ".cache" / "lora-operator")
@@ -56,8 +58,9 @@ CLUSTER_DNS = "10.0.0.10"
 CGROUP_ROOT = "lora-node"
 GPUS = 2
 CNI_BIN = "/usr/lib/cni"
+REGISTRY_PORT = 5115  # the node's image registry, when free (else any: its images are then pulled again)
 HOST_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack", "buildah",
-                 "mmdebstrap")  # fmt: skip
+                 "mmdebstrap", "docker-registry")  # fmt: skip
 # Set by the kubelet (vm.*, kernel.*) and kube-proxy, or by us for bridged Service traffic.
 SYSCTLS = (
     "vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "net.ipv4.ip_forward",
@@ -81,25 +84,11 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def ensure_host_packages(packages: Sequence[str] = HOST_PACKAGES) -> None:
-    """Install the Debian packages the node and the image builds need, or ``packages`` (once per machine)."""
-    def installed(package: str) -> bool:  # not `dpkg -s`: it succeeds for a removed package's leftover config
-        status = _run("dpkg-query", "-W", "-f=${db:Status-Status}", package, check=False)
-        return status.stdout.strip() == "installed"
-
-    missing = [p for p in packages if not installed(p)]
-    if not missing:
-        return
-    log.info("installing %s", " ".join(missing))
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True,
-                   capture_output=True, env=env)
-
-
-def build_images() -> dict[str, str]:
-    """Build (or reuse from the cache) every image the node runs; NAME_IMAGE/NAME_ARCHIVE -> value."""
-    out = subprocess.run(["bash", str(HERE / "build_images.sh")], check=True, stdout=subprocess.PIPE, text=True)
+def build_images(registry: str) -> dict[str, str]:
+    """Build (or reuse from the cache) every image the node runs and push it to ``registry`` (host:port);
+    REGISTRY and NAME_IMAGE -> value."""
+    out = subprocess.run(["bash", str(HERE / "build_images.sh"), registry], check=True, stdout=subprocess.PIPE,
+                         text=True)
     env_file = Path(out.stdout.strip().splitlines()[-1])
     return dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
 
@@ -198,13 +187,15 @@ def unmount_under(*roots: Path) -> None:
 class RealCluster(Started):
     """Context manager: control plane + one real node + kube-proxy + CoreDNS + a local-path provisioner.
 
-    Attributes: control_plane, images (NAME_IMAGE/NAME_ARCHIVE -> value), state_dir, node_name.
+    Attributes: control_plane, registry (where the node pulls from), images (REGISTRY and NAME_IMAGE ->
+    value), state_dir, node_name.
     """
 
     def __init__(self, state_dir: Path | None = None) -> None:
         self._given_state_dir = state_dir
         self.state_dir = Path()
         self.control_plane: ControlPlane | None = None
+        self.registry: Registry | None = None
         self.images: dict[str, str] = {}
         self.node_name = NODE_NAME
         self.host = HostChanges()
@@ -218,10 +209,14 @@ class RealCluster(Started):
         if reason:
             raise RealNodeError(reason)
         started = time.monotonic()
-        ensure_host_packages()
-        self.images = build_images()
+        ensure_host_packages(HOST_PACKAGES)
         self.state_dir = self._given_state_dir or Path(tempfile.mkdtemp(prefix="lora-realnode-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Loopback only, no auth: the node's own registry (the containerd on this host is its one client). The
+        # same port each run keeps the image references, and so the pulled images in the cached store, valid.
+        self.registry = Registry(self.state_dir / "registry", storage=CACHE / "registry", auth=False,
+                                 bind="127.0.0.1", port=REGISTRY_PORT).start()
+        self.images = build_images(self.registry.host())
         self.host.record()
         self.host.bridge()
         for name, value in (("net.ipv4.ip_forward", "1"), ("net.bridge.bridge-nf-call-iptables", "1")):
@@ -230,7 +225,7 @@ class RealCluster(Started):
         self.control_plane = ControlPlane(self.state_dir / "control-plane", advertise_address=NODE_IP)
         self.control_plane.start()
         self._containerd()
-        self._import_images()
+        self._forget_stale_images()
         self._kubelet()
         self._kube_proxy()
         self._provisioner = threading.Thread(target=self._provision_loop, name="provisioner", daemon=True)
@@ -254,6 +249,8 @@ class RealCluster(Started):
         self._procs.clear()
         if self.control_plane is not None:
             self.control_plane.stop()
+        if self.registry is not None:
+            self.registry.stop()
         if self.state_dir != Path():
             unmount_under(self.state_dir, self._containerd_root)
         if self.host.sysctls:
@@ -350,27 +347,43 @@ state = "{d / 'state'}"
   bin_dir = "{CNI_BIN}"
   conf_dir = "{cni / 'net.d'}"
 [{cri}.registry]
-  config_path = ""
+  config_path = "{d / 'certs.d'}"
 """
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.toml").write_text(config)
+        # The node's registry speaks plain HTTP: containerd's hosts.toml says so (as for any insecure registry).
+        assert self.registry is not None
+        host = self.registry.host()
+        (d / "certs.d" / host).mkdir(parents=True, exist_ok=True)
+        (d / "certs.d" / host / "hosts.toml").write_text(
+            f'server = "http://{host}"\n[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n')
         self._spawn("containerd", ["containerd", "--config", str(d / "config.toml")])
         self._wait("containerd", 60, lambda: self.containerd_socket.exists()
                    and self.ctr("version", check=False).returncode == 0)
         self._kill_containers()  # a crashed earlier run's containers (the store is cached)
 
-    def _import_images(self) -> None:
-        present = set(self.ctr("images", "list", "--quiet").stdout.split())
-        for key, ref in sorted(self.images.items()):
-            if not key.endswith("_IMAGE") or ref in present:
+    def _forget_stale_images(self) -> None:
+        """Remove from the cached store every image of the project's but today's exact builds.
+
+        An older build's layers are freed (containerd collects what no image refers to), and a release tag
+        (0.1.0), which every build moves, is resolved afresh by the kubelet (IfNotPresent would keep a stale
+        one); its layers stay, since today's hash-tagged image refers to them. The CRI also names each image
+        by its id (``sha256:...``): such a name goes with the project's image it points at.
+        """
+        current = {ref for key, ref in self.images.items() if key.endswith("_IMAGE")}
+        listing = [line.split()[:3] for line in self.ctr("images", "list").stdout.splitlines()[1:]]
+        kept = {digest for ref, _, digest in listing if ref in current}
+        for ref, _, digest in listing:
+            if ref in current or digest in kept:  # today's images, by tag, by digest or by id
                 continue
-            archive = self.images[key.replace("_IMAGE", "_ARCHIVE")]
-            started = time.monotonic()
-            self.ctr("images", "import", archive)
-            log.info("imported %s in %.1fs", ref, time.monotonic() - started)
-        # The project's images also under their release tag (0.1.0), the chart's default tag, for the demo.
-        for key in ("OPERATOR_IMAGE", "TRAINER_IMAGE"):
-            self.ctr("images", "tag", "--force", self.images[key], self.images[key].rsplit("-", 1)[0])
+            if "/lora-" in ref or (ref.startswith("sha256:") and self._is_ours(digest, listing)):
+                self.ctr("images", "remove", ref, check=False)
+
+    @staticmethod
+    def _is_ours(digest: str, listing: list[list[str]]) -> bool:
+        """An id-named image no other name points at, or only names of the project's images."""
+        names = [ref for ref, _, d in listing if d == digest and not ref.startswith("sha256:")]
+        return all("/lora-" in ref for ref in names)
 
     def _kill_containers(self) -> None:
         for cid in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
@@ -403,7 +416,8 @@ state = "{d / 'state'}"
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "clusterDNS": [CLUSTER_DNS], "clusterDomain": "cluster.local", "resolvConf": str(resolv),
             "failSwapOn": False, "podLogsDir": str(d / "pod-logs"),
-            # Images are imported, never pulled: the image GC must not remove them, nor eviction.
+            # The images stay once pulled (the trainer image is gigabytes): no image GC, and no eviction
+            # before the disk is all but full.
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
                              "nodefs.inodesFree": "1%"},
@@ -507,8 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"export KUBECONFIG={cluster.control_plane.kubeconfig}\n"
               f"export PATH={cluster.control_plane.bin_dir}:$PATH", flush=True)
         for key, ref in sorted(cluster.images.items()):
-            if key.endswith("_IMAGE"):
-                print(f"# {key}={ref}", flush=True)
+            print(f"# {key}={ref}", flush=True)
         print("real node up; Ctrl-C to stop", file=sys.stderr, flush=True)
         stop.wait()
     print("real node stopped, host restored", file=sys.stderr)

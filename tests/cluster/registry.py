@@ -1,10 +1,11 @@
-"""A real OCI registry for the artifact tests: Debian's docker-registry (CNCF distribution 2.8), with htpasswd
-basic auth, on this host; never a mock of a registry.
+"""A real OCI registry: Debian's docker-registry (CNCF distribution 2.8) on this host; never a mock of a registry.
 
-It listens on every address (plain HTTP: a test registry), so the trainer reaches it at 127.0.0.1 as a
-process-node pod and at the real node's bridge address from a container. ``docker_config(host)`` is the
-content of a kubernetes.io/dockerconfigjson Secret for it; ``pull(...)`` fetches an artifact back with an
-OCI client (oras-py), as a user would.
+Two uses. The artifact tests run one with htpasswd basic auth on every address (plain HTTP: a test registry),
+so the trainer reaches it at 127.0.0.1 as a process-node pod and at the real node's bridge address from a
+container; ``docker_config(host)`` is the content of a kubernetes.io/dockerconfigjson Secret for it and
+``pull(...)`` fetches an artifact back with an OCI client (oras-py), as a user would. The real node runs one
+without auth on loopback, with its storage in the cache, for the project's images: build_images.sh pushes
+them there and the node's containerd pulls them, as a cluster pulls from its registry.
 """
 
 from __future__ import annotations
@@ -20,35 +21,43 @@ import oras.provider
 import requests
 
 from tests.cluster.controlplane import free_port, terminate_group
-from tests.cluster.realnode import ensure_host_packages
+from tests.cluster.debian import ensure_host_packages
 
 PACKAGES = ("docker-registry", "apache2-utils")  # the registry, and htpasswd for its bcrypt password file
 
 
 class Registry:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, storage: Path | None = None, auth: bool = True, bind: str = "0.0.0.0",
+                 port: int = 0) -> None:
+        """``storage``: where the blobs live (default: under ``workdir``); ``auth``: htpasswd basic auth;
+        ``port``: the one to use when it is free (default: any free one)."""
         self.workdir = workdir
+        self.storage = storage or workdir / "data"
+        self.auth, self.bind = auth, bind
         self.user, self.password = "lora-tests", secrets.token_hex(12)
-        self.port = free_port()
+        self.port = free_port(port)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def host(self, address: str = "127.0.0.1") -> str:
         return f"{address}:{self.port}"
 
     def start(self) -> Registry:
-        ensure_host_packages(PACKAGES)
-        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
-        htpasswd = subprocess.run(["htpasswd", "-Bbn", self.user, self.password], check=True, capture_output=True,
-                                  text=True).stdout
-        (self.workdir / "htpasswd").write_text(htpasswd)
-        config = self.workdir / "config.yml"
-        config.write_text(json.dumps({  # YAML is a superset of JSON
+        ensure_host_packages(PACKAGES if self.auth else PACKAGES[:1])
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.storage.mkdir(parents=True, exist_ok=True)
+        settings: dict = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")}, "delete": {"enabled": True}},
-            "http": {"addr": f"0.0.0.0:{self.port}", "secret": secrets.token_hex(16)},
-            "auth": {"htpasswd": {"realm": "lora-tests", "path": str(self.workdir / "htpasswd")}},
-        }))
+            "storage": {"filesystem": {"rootdirectory": str(self.storage)}, "delete": {"enabled": True}},
+            "http": {"addr": f"{self.bind}:{self.port}", "secret": secrets.token_hex(16)},
+        }
+        if self.auth:
+            htpasswd = subprocess.run(["htpasswd", "-Bbn", self.user, self.password], check=True,
+                                      capture_output=True, text=True).stdout
+            (self.workdir / "htpasswd").write_text(htpasswd)
+            settings["auth"] = {"htpasswd": {"realm": "lora-tests", "path": str(self.workdir / "htpasswd")}}
+        config = self.workdir / "config.yml"
+        config.write_text(json.dumps(settings))  # YAML is a superset of JSON
         log = open(self.workdir / "registry.log", "wb")  # noqa: SIM115 - the registry writes to it until stop()
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -57,7 +66,8 @@ class Registry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {(self.workdir / 'registry.log').read_text()[-2000:]}")
             try:
-                if requests.get(f"http://{self.host()}/v2/", timeout=2).status_code == 401:  # up, and asks for auth
+                status = requests.get(f"http://{self.host()}/v2/", timeout=2).status_code
+                if status == (401 if self.auth else 200):  # up (and asks for auth when it should)
                     return self
             except requests.ConnectionError:
                 pass

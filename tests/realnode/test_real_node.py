@@ -62,6 +62,10 @@ def test_the_chart_runs_the_operator_image_under_its_service_account(rk, operato
     # The kubelet checked the image's numeric USER against runAsNonRoot before starting it.
     status = pod["status"]["containerStatuses"][0]
     assert status["ready"] and status["state"].get("running"), status
+    # Pulled from the node's registry (build_images.sh pushed it there), by the digest the registry serves.
+    repository = real_cluster.images["OPERATOR_IMAGE"].rsplit(":", 1)[0]
+    assert status["imageID"].startswith(f"{repository}@sha256:"), status["imageID"]
+    assert repository.startswith(real_cluster.images["REGISTRY"] + "/"), repository
     logs = rk("logs", "-n", RELEASE_NAMESPACE, operator_release)  # through the kubelet's API
     assert "Initial authentication has finished" in logs and "kube_config_path" not in logs, logs[-2000:]
 
