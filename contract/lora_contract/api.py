@@ -275,7 +275,7 @@ class LoraSettings(_Model):
     completion_only_loss: bool = Field(True, description="Mask prompt tokens: loss on answers only.")
     packing: bool | None = Field(
         None, description="Pack each micro-batch into one padding-free row; attention stays within items, so "
-        "training is the same, only faster. Unset: on, except with several GPUs in one pod (DataParallel).")
+        "training is the same, only faster. Unset: on.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     save_steps: int = Field(100, ge=1, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(3, ge=1, description="Checkpoints kept on disk.")
@@ -402,7 +402,8 @@ class Toleration(_Model):
 
 
 class ResourceSpec(_Model):
-    gpu: int = Field(1, ge=0, le=16, description="GPUs requested (0 trains on CPU).")
+    gpu: int = Field(1, ge=0, le=16, description="GPUs requested (0 trains on CPU). More than 1: one data-parallel "
+                     "trainer process per GPU (torchrun's DDP), with the spec's global batch split over them.")
     cpu_fallback: bool = Field(False, description="With gpu > 0, train on CPU when the trainer sees no GPU. "
                                "Off, such a run fails at once (exit code 2) instead of training for days on CPU.")
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253,

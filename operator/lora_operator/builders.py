@@ -174,6 +174,11 @@ def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, A
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "report-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
     ]
+    if spec.resources.gpu > 1:
+        # One trainer process per GPU (torchrun's DDP): NCCL moves tensors between them through /dev/shm,
+        # which is 64 MiB in a container; memory-backed, it counts against the pod's memory limit.
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     if spec.output.claim_name:
         volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": spec.output.claim_name}})
     else:

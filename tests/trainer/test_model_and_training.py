@@ -16,6 +16,7 @@ from lora_contract.api import LoraSettings, ModelSpec
 from lora_trainer.callbacks import ProgressCallback
 from lora_trainer.checkpoints import MARKER, resume_point, write_marker
 from lora_trainer.context import PreparedData, RunContext
+from lora_trainer.distributed import World, per_rank_batch
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.formats import IGNORE_INDEX, Example, encode, features, render_prompt
 from lora_trainer.modeling import apply_lora, linear_module_names, load_model, load_tokenizer, resolve_source
@@ -149,8 +150,8 @@ def test_optimizer_steps_match_the_trainer() -> None:
     assert optimizer_steps(100, 4, 2, 1.5, 7) == 7
 
 
-def test_several_visible_gpus_multiply_the_batch(tiny_model: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_visible_gpus_in_one_process_train_on_one_never_dataparallel(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = training_config.training_arguments
 
     def two_gpus(*args: Any) -> Any:
@@ -160,13 +161,38 @@ def test_several_visible_gpus_multiply_the_batch(tiny_model: Path, tmp_path: Pat
         return arguments
 
     monkeypatch.setattr(training_config, "training_arguments", two_gpus)
+    ctx = _training_context(tiny_model, tmp_path)
+    message = training_config.run(ctx)
+    assert "batch 4 x accumulation 1 = 4 items/step, 4 optimizer steps (1 epochs of 16 items)" in message
+    assert ctx.training_plan.args.n_gpu == 1 and ctx.training_plan.args.train_batch_size == 4
+
+
+@pytest.mark.parametrize(("batch", "accumulation", "world", "split"), [
+    (4, 1, 2, (2, 1)), (1, 8, 2, (1, 4)), (4, 8, 4, (4, 2)), (6, 1, 4, None), (3, 4, 4, (3, 1)), (4, 3, 2, (3, 2)),
+])  # fmt: skip
+def test_the_global_batch_is_split_over_the_processes(batch, accumulation, world, split) -> None:
+    if split is None:
+        with pytest.raises(InvalidInput, match="6 items cannot be split evenly over 4 processes"):
+            per_rank_batch(batch, accumulation, world)
+        return
+    device, steps = per_rank_batch(batch, accumulation, world)
+    assert (device, steps) == split and device * steps * world == batch * accumulation and device <= batch
+
+
+def test_a_data_parallel_worker_trains_the_one_process_steps_on_its_share(tiny_model: Path, tmp_path: Path) -> None:
+    ctx = _training_context(tiny_model, tmp_path, World(rank=1, size=2, local_rank=1))
+    message = training_config.run(ctx)
+    assert "batch 2 x accumulation 1 x 2 processes = 4 items/step, 4 optimizer steps" in message
+    args = ctx.training_plan.args
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.max_steps) == (2, 1, 4)
+
+
+def _training_context(tiny_model: Path, tmp_path: Path, world: World | None = None) -> RunContext:
     items = [Example("s", f"s:{i}", [], "answer", prompt_ids=[1, 2], completion_ids=[3, 4]) for i in range(16)]
     spec = tiny_spec(tiny_model, lora={"maxSteps": None, "epochs": 1})
     model = apply_lora(load_model(spec.model, torch.float32), spec.lora)
-    ctx = RunContext(spec=spec, output_dir=tmp_path, emit=print, data=PreparedData(items, [], {}), model=model)
-    message = training_config.run(ctx)
-    assert "batch 4 x 2 GPUs x accumulation 1 = 8 items/step, 2 optimizer steps (1 epochs of 16 items)" in message
-    assert ctx.training_plan.args.train_batch_size == 8  # what the Trainer's dataloader will use
+    return RunContext(spec=spec, output_dir=tmp_path, emit=print, data=PreparedData(items, [], {}), model=model,
+                      world=world or World())
 
 
 def _state(losses: list[float], step: int) -> SimpleNamespace:

@@ -211,3 +211,14 @@ def test_destination_secrets_are_mounted_optional_with_only_their_keys_and_a_vol
 def test_an_emptydir_output_has_no_volume_uri() -> None:
     env = {e["name"] for e in _pod(builders.job("demo", "ns", _spec(), CFG))["containers"][0]["env"]}
     assert wire.OUTPUT_URI_ENV not in env and wire.DESTINATION_SECRETS_ENV not in env
+
+
+def test_several_gpus_get_a_shared_memory_volume_for_nccl() -> None:
+    def shm(gpu: int) -> list[dict]:
+        pod = _pod(builders.job("demo", "ns", _spec(resources={"gpu": gpu}), CFG))
+        return [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+
+    assert shm(1) == [] and shm(0) == []
+    assert shm(2) == [{"name": "shm", "mountPath": "/dev/shm"}]
+    pod = _pod(builders.job("demo", "ns", _spec(resources={"gpu": 4}), CFG))
+    assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]

@@ -1,5 +1,9 @@
 """Step 4's Trainer callback: progress events, complete-checkpoint markers, divergence checks, and the
-checkpoint that a stop signal asks for (``lora_trainer.signals``)."""
+checkpoint that a stop signal asks for (``lora_trainer.signals``).
+
+In a data-parallel run every worker runs it: the decision to stop is taken by all of them at the same
+optimizer step (``distributed.agree``), and rank 0 writes the completion marker once every rank has saved
+its part of the checkpoint. Events come from rank 0 only (the other workers have no sinks)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from transformers import TrainerCallback
 
 from lora_contract.api import PIPELINE_STEPS
 from lora_contract.progress import EvalEvent, NoteEvent, TrainerEvent, TrainEvent
+from lora_trainer import distributed
 from lora_trainer.checkpoints import write_marker
 from lora_trainer.errors import InvalidInput
 from lora_trainer.signals import StopSignals
@@ -73,14 +78,16 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """After an optimizer step (the boundary where the weights, optimizer and scheduler agree): on a stop
-        signal, save now and skip an evaluation due here (it would only delay the save)."""
-        if self.signals.requested:
+        signal (to any worker), save now and skip an evaluation due here (it would only delay the save)."""
+        if distributed.agree(self.signals.requested):
+            self.signals.request()
             self._save_for_stop(state, control)
             control.should_evaluate = False
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """A signal that came during an evaluation: the step before it is whole, so save it."""
-        if self.signals.requested:
+        if distributed.agree(self.signals.requested):
+            self.signals.request()
             self._save_for_stop(state, control)
 
     def _save_for_stop(self, state: Any, control: Any) -> None:
@@ -92,9 +99,11 @@ class ProgressCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         checkpoint = f"checkpoint-{state.global_step}"
-        write_marker(Path(args.output_dir) / checkpoint, self.fingerprint, state.global_step)
-        if self.mirror:  # the stop signal's checkpoint too: the retry may start on another node
-            self.mirror(Path(args.output_dir) / checkpoint)
+        distributed.barrier()  # every worker has written its part (its RNG state) of the checkpoint
+        if state.is_world_process_zero:
+            write_marker(Path(args.output_dir) / checkpoint, self.fingerprint, state.global_step)
+            if self.mirror:  # the stop signal's checkpoint too: the retry may start on another node
+                self.mirror(Path(args.output_dir) / checkpoint)
         # Raised here, after the marker and before anything the Trainer does at the end of training (which,
         # with save_total_limit 1, would delete every checkpoint but the best one).
         if self.signals.requested:

@@ -1,7 +1,10 @@
 """``lora-trainer``: run a LoraTrainingJob spec, or validate it and its datasets.
 
-    lora-trainer run SPEC.yaml --output DIR [--events FILE|-] [--quiet]
+    lora-trainer run SPEC.yaml --output DIR [--events FILE|-] [--quiet] [--nproc-per-node N]
     lora-trainer validate SPEC.yaml
+
+With several processes (``--nproc-per-node``, by default one per visible GPU) the command launches its
+workers as torchrun does and waits for them (``lora_trainer.distributed``).
 
 SPEC.yaml is a bare spec or a whole LoraTrainingJob manifest. Exit codes (``lora_contract.wire``):
 0 success, 1 failure (a retry may help), 2 invalid spec or data (it cannot), 143 stopped by SIGTERM or
@@ -26,6 +29,10 @@ from lora_contract.validation import describe_validation_error
 from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT
 from lora_trainer.errors import StepError, exit_code
 from lora_trainer.signals import Interrupted, StopSignals
+
+# How long workers get, after the launcher forwards a SIGTERM, to save a checkpoint and exit before it kills
+# them: longer than any pod's grace period, so the kubelet's SIGKILL, not the launcher's, ends a slow save.
+WORKER_GRACE_SECONDS = 3600
 
 
 class SpecFileError(Exception):
@@ -54,19 +61,33 @@ def load_spec(path: str | Path) -> LoraTrainingJobSpec:
 
 
 def _run(args: argparse.Namespace, spec: LoraTrainingJobSpec, signals: StopSignals) -> int:
+    from lora_trainer.distributed import World
     from lora_trainer.events import ConsoleSink, JsonlSink, Sink
     from lora_trainer.pipeline import run_pipeline
     from lora_trainer.progress_reporter import ProgressReporter
 
     sinks: list[Sink] = []
-    reporter = ProgressReporter.from_env()  # inside a LoraTrainingJob pod: progress to the operator
-    if reporter is not None:
-        sinks.append(reporter)
-    if args.events:
-        sinks.append(JsonlSink(args.events))
-    if not args.quiet:
-        sinks.append(ConsoleSink())
+    if World.from_env().is_main:  # the other workers train only: rank 0 reports for the run
+        reporter = ProgressReporter.from_env()  # inside a LoraTrainingJob pod: progress to the operator
+        if reporter is not None:
+            sinks.append(reporter)
+        if args.events:
+            sinks.append(JsonlSink(args.events))
+        if not args.quiet:
+            sinks.append(ConsoleSink())
     return run_pipeline(spec, args.output, sinks, signals).exit_code
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """Worker processes this command should launch: ``--nproc-per-node``, else one per visible GPU; 1 when
+    it is a worker itself (torchrun's launcher set LOCAL_RANK)."""
+    if "LOCAL_RANK" in os.environ:
+        return 1
+    if args.nproc_per_node is not None:
+        return args.nproc_per_node
+    import torch
+
+    return max(1, torch.cuda.device_count())
 
 
 def _validate(spec: LoraTrainingJobSpec) -> int:
@@ -100,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--output", required=True, help="folder for checkpoints, adapter, merged model, report")
     run.add_argument("--events", help="append JSON-lines progress events to this file ('-' for stdout)")
     run.add_argument("--quiet", action="store_true", help="no console checklist on stderr")
+    run.add_argument("--nproc-per-node", type=int, metavar="N",
+                     help="data-parallel worker processes (torchrun's DDP; gloo on CPU, NCCL on GPUs); default: "
+                     "one per visible GPU, 1 without")
     validate = commands.add_parser("validate", help="validate the spec and load and refine its datasets")
     validate.add_argument("spec")
     args = parser.parse_args(argv)
@@ -110,10 +134,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID_INPUT
     if args.command != "run":
         return _validate(spec)
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        print("lora-trainer: --nproc-per-node must be at least 1", file=sys.stderr)
+        return EXIT_INVALID_INPUT
     # Before torch & co. are imported (seconds): as PID 1 the trainer would drop a SIGTERM until then.
     signals = StopSignals()
     signals.install()
     try:
+        workers = _workers(args)
+        if workers > 1:  # the launcher installs its own SIGTERM handler: it forwards the signal to the workers
+            from lora_trainer.distributed import launch
+
+            argv = ["run", args.spec, "--output", args.output] + (["--events", args.events] if args.events else []
+                                                                  ) + (["--quiet"] if args.quiet else [])
+            return launch(workers, argv, WORKER_GRACE_SECONDS)
         return _run(args, spec, signals)
     except Interrupted as stop:  # before the pipeline started (importing it); it handles the rest
         print(f"lora-trainer: stopped by {stop.signal_name} before the run started", file=sys.stderr)

@@ -14,6 +14,7 @@ import torch
 from lora_contract.api import PIPELINE_STEPS, Artifacts, GraderType, GradeScores, LoraTrainingJobSpec
 from lora_contract.progress import NoteEvent, TrainerEvent
 from lora_trainer.destinations import CheckpointMirror, S3Store, Store
+from lora_trainer.distributed import World
 from lora_trainer.evaluation import EvalItem
 from lora_trainer.formats import Example
 from lora_trainer.grader import BuiltinGrader, Grader
@@ -72,6 +73,7 @@ class RunContext:
     output_dir: Path
     emit: Callable[[TrainerEvent], None]
     signals: StopSignals = field(default_factory=StopSignals)  # installed by the CLI; inert otherwise
+    world: World = field(default_factory=World)  # this worker of a data-parallel run; rank 0 of 1 otherwise
     tokenizer: Any = None
     data: PreparedData | None = None
     loaded: LoadedModel | None = None  # the base model of step 0, until saving frees it

@@ -122,7 +122,7 @@ def load_model(spec: ModelSpec, dtype: torch.dtype, on_cpu: bool = False) -> Loa
         if spec.quantization != "none" and not source.gguf_file:
             notes.append(f"quantization {spec.quantization} needs a CUDA GPU: loaded in full precision on CPU")
     if cuda:
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # each data-parallel worker its own GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as err:

@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 
 from lora_contract.api import PIPELINE_STEPS, LoraTrainingJobSpec, TrainerStatus
 from lora_contract.progress import FailureEvent, StepEvent, StopEvent, dump_status, final_summary
 from lora_contract.wire import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from lora_contract.xp import xp_for
+from lora_trainer import distributed
 from lora_trainer.context import RunContext
+from lora_trainer.distributed import World
 from lora_trainer.errors import StepError, exit_code
 from lora_trainer.events import Emitter, Sink
 from lora_trainer.layout import OutputLayout, write_atomically
@@ -58,6 +61,9 @@ STEP_RUNNERS: dict[int, Callable[[RunContext], str]] = {
 }
 EXECUTION_ORDER: tuple[int, ...] = (1, 0, 2, 3, 4, 5, 6, 7, 8, 9)
 assert sorted(EXECUTION_ORDER) == list(range(len(PIPELINE_STEPS))) == sorted(STEP_RUNNERS)
+# What the other workers of a data-parallel run do (lora_trainer.distributed): rank 0 does everything else.
+WORKER_STEPS: tuple[int, ...] = (1, 2, 3, 4)
+TRAINING_STEP = PIPELINE_STEPS.index("training")
 
 
 def quiet_libraries() -> None:
@@ -70,6 +76,19 @@ def quiet_libraries() -> None:
     # peft looks for the base model's config.json to guess whether the vocabulary changed; a GGUF or
     # package source has none, and this trainer never resizes the vocabulary.
     warnings.filterwarnings("ignore", message="Could not find a config file in", category=UserWarning)
+
+
+class WorkerFailed(StepError):
+    """Another worker of a data-parallel run failed before training: rank 0 reports it as the run's failure."""
+
+    def __init__(self, rank: int, step: int, code: int, message: str) -> None:
+        super().__init__(f"{message} (worker rank {rank})")
+        self.step, self.code = step, code
+
+
+def _raise_worker_failure(found: tuple[int, int, int, str] | None) -> None:
+    if found is not None:
+        raise WorkerFailed(*found)
 
 
 @dataclass(frozen=True)
@@ -108,18 +127,25 @@ def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Itera
     CLI) leaves its step Active and emits a StopEvent. The result is also written to
     ``<output_dir>/report.json`` and the final status, in compact form, to the termination message
     file named by $LORA_TERMINATION_MESSAGE_PATH (the operator's copy, should progress reports be lost).
+    A worker other than rank 0 of a data-parallel run does steps 1 to 4 only and writes neither.
     """
     output = Path(output_dir).resolve()  # artifact paths in the status are absolute
     output.mkdir(parents=True, exist_ok=True)
     quiet_libraries()
     emitter = Emitter(sinks)
     signals = signals or StopSignals()
-    ctx = RunContext(spec=spec, output_dir=output, emit=emitter.emit, signals=signals)
+    world = World.from_env()
+    ctx = RunContext(spec=spec, output_dir=output, emit=emitter.emit, signals=signals, world=world)
     code, message = EXIT_OK, ""
     index = EXECUTION_ORDER[0]
+    shared = not world.distributed  # whether the workers have exchanged how their steps before training went
     try:
         try:
-            for index in EXECUTION_ORDER:
+            distributed.init(world, torch.cuda.is_available())
+            for index in EXECUTION_ORDER if world.is_main else WORKER_STEPS:
+                if index == TRAINING_STEP and not shared:
+                    shared = True
+                    _raise_worker_failure(distributed.first_failure(None))
                 emitter.emit(StepEvent(index=index, state="Active"))
                 done = STEP_RUNNERS[index](ctx)
                 emitter.emit(StepEvent(index=index, state="Completed", message=done))
@@ -128,15 +154,20 @@ def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Itera
     except Interrupted as stop:
         code = EXIT_INTERRUPTED
         emitter.emit(StopEvent(index=index, message=stop_message(stop, index)))
+    except WorkerFailed as err:
+        index, code, message = err.step, err.code, str(err)
     except StepError as err:
         code, message = exit_code(err), str(err)
     except Exception as err:  # unexpected: keep the traceback in the log, the gist in the status
         traceback.print_exc(file=sys.stderr)
         code, message = EXIT_FAILED, f"{type(err).__name__}: {err}"
+    if code not in (EXIT_OK, EXIT_INTERRUPTED) and not shared:
+        distributed.first_failure((index, code, message))  # rank 0 waits for this, then reports its own
     if code not in (EXIT_OK, EXIT_INTERRUPTED):
         emitter.emit(StepEvent(index=index, state="Failed", message=message))
         emitter.emit(FailureEvent(message=f"step {index} {PIPELINE_STEPS[index]} failed: {message}"))
     final = emitter.close()
     result = PipelineResult(status=final, exit_code=code, xp=None if code else xp_for(final))
-    _write_results(result, output)
+    if world.is_main:
+        _write_results(result, output)
     return result

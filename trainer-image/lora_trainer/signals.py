@@ -86,6 +86,12 @@ class StopSignals:
             return
         raise self.interrupt(signum=signum)
 
+    def request(self) -> None:
+        """Another worker of a data-parallel run received a stop signal: stop as if this one had (a pod's
+        workers all get the kubelet's SIGTERM, but the workers of other pods do not)."""
+        if self.received is None:
+            self.received = signal.SIGTERM
+
     def interrupt(self, signum: int | None = None, checkpoint: str | None = None, step: int | None = None,
                   total: int | None = None) -> Interrupted:
         """The exception that stops the run now; no further signal raises after it."""

@@ -1,7 +1,8 @@
 """Step 2, model: wrap the base model in LoRA after checking the target modules against it.
 
 The base model itself is loaded by step 0 (which runs first and grades it untouched); loading it
-once saves minutes on large models, and step 0's message says where it came from.
+once saves minutes on large models, and step 0's message says where it came from. The other workers of a
+data-parallel run do not run step 0 (rank 0 grades for the run): they load it here.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 from transformers import set_seed
 
 from lora_trainer.context import RunContext
-from lora_trainer.modeling import apply_lora
+from lora_trainer.modeling import apply_lora, load_model
 
 
 def run(ctx: RunContext) -> str:
+    if ctx.loaded is None and not ctx.world.is_main:
+        ctx.loaded = load_model(ctx.spec.model, ctx.dtype)
+        ctx.quantized = ctx.loaded.quantized
     lora, loaded = ctx.spec.lora, ctx.base_model
     set_seed(lora.seed)  # the adapter's random init must not depend on whether step 0 generated or reused
     ctx.model = apply_lora(loaded, lora)

@@ -14,6 +14,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
+from lora_trainer import distributed
 from lora_trainer.callbacks import ProgressCallback
 from lora_trainer.checkpoints import finished_state, relocate_best, resume_point
 from lora_trainer.context import RunContext
@@ -30,8 +31,9 @@ def run(ctx: RunContext) -> str:
     checkpoints = Path(plan.args.output_dir)
     adjustments: list[str] = []
     started = time.monotonic()
-    mirror = ctx.checkpoint_mirror
+    mirror = ctx.checkpoint_mirror  # rank 0's (the other workers of a data-parallel run open no destination)
     fetched = mirror.pull() if mirror else None  # a retry on a node without the volume's checkpoints
+    distributed.barrier()  # every worker resumes from what rank 0 found or fetched
     resume = _resume_point(checkpoints, ctx.fingerprint)
     done = finished_state(resume) if resume else None
     source = f" ({fetched} fetched from {ctx.buckets[0].dest.uri})" if fetched else ""

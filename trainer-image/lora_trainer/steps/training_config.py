@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Tra
 from lora_contract.api import LoraSettings
 from lora_trainer.context import RunContext, TrainingPlan
 from lora_trainer.destinations import open_stores
+from lora_trainer.distributed import per_rank_batch
 from lora_trainer.errors import InvalidInput
 from lora_trainer.formats import IGNORE_INDEX, Example, features
 from lora_trainer.layout import OutputLayout
@@ -51,10 +53,9 @@ def collator(tokenizer: Any, packing: bool) -> Any:
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
 
 
-def uses_packing(lora: LoraSettings, gpus: int) -> bool:
-    """Unset means on, except with several GPUs in one process: DataParallel hands each GPU whole rows, and
-    a packed micro-batch is one row."""
-    return lora.packing if lora.packing is not None else gpus <= 1
+def uses_packing(lora: LoraSettings) -> bool:
+    """Unset means on: every process trains on one device, where a packed micro-batch is one padding-free row."""
+    return lora.packing if lora.packing is not None else True
 
 
 def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: bool, cuda: bool) -> Any:
@@ -128,28 +129,32 @@ def check_disk_space(output: Path, parts: dict[str, int], free: int) -> str:
 
 def run(ctx: RunContext) -> str:
     lora, data = ctx.spec.lora, ctx.dataset
-    cuda = torch.cuda.is_available()
+    cuda, world = torch.cuda.is_available(), ctx.world
     r = for_this_machine(lora)
     train_rows, eval_rows = rows(data.train, lora), rows(data.validation, lora)
-    args = training_arguments(lora, r, ctx.layout.checkpoints, bool(eval_rows), cuda)
-    packing = uses_packing(lora, args.n_gpu)  # n_gpu: GPUs of this process (1 per process under torchrun)
+    # The spec's global batch, split over the workers; the one-process number of optimizer steps.
+    device_batch, accumulation = per_rank_batch(r.batch_size, r.gradient_accumulation_steps, world.size)
+    total = optimizer_steps(len(train_rows), r.batch_size, r.gradient_accumulation_steps, r.epochs, lora.max_steps)
+    args = training_arguments(lora, replace(r, batch_size=device_batch, gradient_accumulation_steps=accumulation),
+                              ctx.layout.checkpoints, bool(eval_rows), cuda)
+    if world.distributed:
+        args.max_steps = total  # DistributedSampler pads each rank's share: epochs would round differently
+    # One process trains on one GPU: several GPUs are several processes (DDP), never nn.DataParallel.
+    args._n_gpu = min(args.n_gpu, 1)
+    packing = uses_packing(lora)
     args.include_num_input_tokens_seen = "all" if packing else "non_padding"  # a packed batch has no padding
-    # With several visible GPUs the Trainer feeds batchSize items to each (DataParallel): a bigger batch.
-    gpus = args.train_batch_size * args.world_size // r.batch_size
-    batch = r.batch_size * gpus
-    total = optimizer_steps(len(train_rows), batch, r.gradient_accumulation_steps, r.epochs, lora.max_steps)
     ctx.plan = TrainingPlan(args, train_rows, eval_rows, collator(ctx.tokenizer, packing))
     precision = "bf16" if r.bf16 else "fp16" if r.fp16 else "fp32"
     warmup = f"{lora.warmup_steps} steps" if lora.warmup_steps is not None else f"{lora.warmup_ratio:.0%}"
+    split = f"{device_batch} x accumulation {accumulation} x {world.size} processes" if world.distributed else (
+        f"{r.batch_size} x accumulation {r.gradient_accumulation_steps}")
     parts = [
-        f"{r.profile} profile: batch {r.batch_size}{f' x {gpus} GPUs' if gpus > 1 else ''} x accumulation "
-        f"{r.gradient_accumulation_steps} = {batch * r.gradient_accumulation_steps} items/step, "
+        f"{r.profile} profile: batch {split} = {r.batch_size * r.gradient_accumulation_steps} items/step, "
         f"{total} optimizer steps "
         + ("(maxSteps)" if lora.max_steps else f"({r.epochs:g} epochs of {len(train_rows)} items)"),
         f"lr {lora.learning_rate:g} {lora.lr_scheduler_type}, warmup {warmup}, {precision}",
         f"loss on {'answers only' if lora.completion_only_loss else 'all tokens'}, "
-        f"packing {'on (padding-free)' if packing else 'off'}"
-        + ("" if lora.packing is not None else " (default)" if packing else " (several GPUs split rows)"),
+        f"packing {'on (padding-free)' if packing else 'off'}{'' if lora.packing is not None else ' (default)'}",
     ]
     if args.load_best_model_at_end:
         parts.append("best checkpoint by eval loss restored at the end")
@@ -159,6 +164,7 @@ def run(ctx: RunContext) -> str:
     written = bytes_to_write(trainable, total - trainable, r.dtype.itemsize, ctx.spec.output.merge,
                              lora.save_total_limit)
     parts.append(check_disk_space(ctx.output_dir, written, shutil.disk_usage(ctx.output_dir).free))
-    ctx.stores = open_stores(ctx.spec.output.destinations)
-    parts += [store.check_writable() for store in ctx.stores]  # wrong keys fail here, not after training
+    if world.is_main:  # rank 0 uploads for the run
+        ctx.stores = open_stores(ctx.spec.output.destinations)
+        parts += [store.check_writable() for store in ctx.stores]  # wrong keys fail here, not after training
     return "; ".join([*parts, *r.notes])

@@ -1,0 +1,163 @@
+"""Data-parallel training (lora_trainer.distributed): ``lora-trainer run --nproc-per-node 2`` on CPU, where the
+workers talk over gloo through torchrun's own launcher and rendezvous, exactly as GPU workers do over NCCL
+(what only a GPU shows, NCCL and one device per rank, is bench/gpu_check.sh's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lora_contract.wire import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_INPUT, EXIT_OK
+from lora_trainer.checkpoints import MARKER
+from lora_trainer.distributed import exit_code_of
+from tests.trainer.conftest import tiny_spec_dict
+
+# Loss and weights of 2 workers against 1, with the same global batch: the same items per optimizer step
+# (accelerate shards each global batch of the seeded sampler over the ranks), so only the order of
+# floating-point sums differs (the gradient all-reduce, the loss gathered over ranks). In float32 over a
+# few steps that stays orders of magnitude below these bounds; a wrong split (other items, another batch
+# size, another number of steps) moves the loss by 1e-2 or more and the weights by far more.
+LOSS_TOLERANCE = 1e-4
+WEIGHT_TOLERANCE = 1e-4
+
+
+def _run(spec: dict, output: Path, nproc: int, timeout: float = 600, **popen) -> subprocess.Popen[str]:
+    output.mkdir(parents=True, exist_ok=True)
+    (output.parent / f"{output.name}.yaml").write_text(yaml.safe_dump(spec))
+    return subprocess.Popen(
+        [sys.executable, "-m", "lora_trainer.cli", "run", str(output.parent / f"{output.name}.yaml"), "--output",
+         str(output), "--events", str(output.parent / f"{output.name}.events.jsonl"), "--quiet",
+         "--nproc-per-node", str(nproc)], stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def _events(output: Path) -> list[dict]:
+    path = output.parent / f"{output.name}.events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _losses(output: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in _events(output) if e.get("type") == "train"}
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """The tiny spec (global batch 4, 6 optimizer steps) trained by 1 process and by 2; the 2-worker stderr.
+    In float32 and without LoRA dropout: in bf16 the two differ by up to 1e-3 in loss after 6 steps (bf16 keeps
+    3 digits of each sum), and dropout draws its masks per rank (the runs are then alike in distribution only)."""
+    spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 6, "saveSteps": 3, "evalSteps": 3, "bf16": False,
+                                            "dropout": 0.0})
+    root = tmp_path_factory.mktemp("ddp")
+    two = _run(spec, root / "two", 2)
+    code2, err2 = _finish(two)
+    one = _run(spec, root / "one", 1)
+    code1, err1 = _finish(one)
+    assert (code1, code2) == (EXIT_OK, EXIT_OK), (err1[-3000:], err2[-3000:])
+    return root / "one", root / "two", err2.splitlines()
+
+
+def test_two_workers_train_what_one_process_trains(one_and_two) -> None:
+    one, two, _ = one_and_two
+    losses1, losses2 = _losses(one), _losses(two)
+    assert sorted(losses1) == sorted(losses2) == [1, 2, 3, 4, 5, 6]  # the same optimizer steps
+    for step, loss in losses1.items():
+        assert abs(losses2[step] - loss) < LOSS_TOLERANCE, (step, loss, losses2[step])
+    adapter1 = load_file(one / "adapter" / "adapter_model.safetensors")
+    adapter2 = load_file(two / "adapter" / "adapter_model.safetensors")
+    assert adapter1.keys() == adapter2.keys()
+    moved = max((adapter1[k] - 0).abs().max().item() for k in adapter1)
+    assert moved > 10 * WEIGHT_TOLERANCE  # the comparison below is not between untrained adapters
+    for key in adapter1:
+        assert torch.allclose(adapter1[key], adapter2[key], atol=WEIGHT_TOLERANCE), key
+
+
+def test_rank_0_alone_reports_grades_and_saves(one_and_two) -> None:
+    one, two, _ = one_and_two
+    steps = [(e["index"], e["state"]) for e in _events(two) if e.get("type") == "step"]
+    assert steps == [(e["index"], e["state"]) for e in _events(one) if e.get("type") == "step"]  # one stream
+    config = next(e["message"] for e in _events(two) if e.get("type") == "step" and e["index"] == 3
+                  and e["state"] == "Completed")
+    assert "batch 2 x accumulation 1 x 2 processes = 4 items/step, 6 optimizer steps" in config
+    report1, report2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
+    assert report2["exitCode"] == 0 and report2["xp"] == report1["xp"]
+    for which in ("before", "after"):  # the held-out loss rank 0 measures for the grade
+        assert abs(report2["trainer"][which]["evalLoss"] - report1["trainer"][which]["evalLoss"]) < LOSS_TOLERANCE
+    assert not (two / "checkpoints").exists() or not any((two / "checkpoints").iterdir())  # step 9 cleaned up
+
+
+def test_workers_exit_codes_survive_the_launcher() -> None:
+    assert exit_code_of([0, 0]) == EXIT_OK
+    assert exit_code_of([1, EXIT_INVALID_INPUT]) == EXIT_INVALID_INPUT  # no retry helps
+    assert exit_code_of([EXIT_INTERRUPTED, -15]) == EXIT_INTERRUPTED  # a checkpoint to resume from
+    assert exit_code_of([0, -9]) == EXIT_FAILED
+
+
+def test_invalid_input_on_the_workers_is_exit_code_2(tiny_model: Path, tmp_path: Path) -> None:
+    """A global batch that cannot be split evenly: every worker refuses it in step 3."""
+    spec = tiny_spec_dict(tiny_model, lora={"batchSize": 3, "gradientAccumulationSteps": 1})
+    code, err = _finish(_run(spec, tmp_path / "odd", 2))
+    assert code == EXIT_INVALID_INPUT, err[-3000:]
+    report = json.loads((tmp_path / "odd" / "report.json").read_text())
+    assert "cannot be split evenly over 2 processes" in json.dumps(report)
+
+
+def test_sigterm_stops_every_worker_at_one_checkpoint_and_the_rerun_resumes_there(tiny_model: Path,
+                                                                                    tmp_path: Path) -> None:
+    """SIGTERM to the launcher (the pod's PID 1): it forwards it, the workers agree on the step, save one
+    checkpoint, and stop with 143; the rerun with 2 workers resumes from it and finishes."""
+    spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 60, "saveSteps": 1000, "evalSteps": 1000,
+                                            "loggingSteps": 1, "batchSize": 2})
+    output = tmp_path / "stopped"
+    proc = _run(spec, output, 2, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not any(s >= 5 for s in _losses(output)) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    os.kill(proc.pid, signal.SIGTERM)
+    code, err = _finish(proc, 300)
+    assert code == EXIT_INTERRUPTED, err[-3000:]
+    saved = [p for p in (output / "checkpoints").iterdir() if (p / MARKER).is_file()]
+    assert len(saved) == 1, saved
+    step = int(saved[0].name.removeprefix("checkpoint-"))
+    assert sorted(p.name for p in saved[0].glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert step < 60
+    code, err = _finish(_run(spec, output, 2))
+    assert code == EXIT_OK, err[-3000:]
+    resumed = [e["message"] for e in _events(output) if e.get("type") == "step" and e["index"] == 4
+               and e["state"] == "Completed"][-1]
+    assert f"resumed from checkpoint-{step}" in resumed
+
+
+def test_a_worker_killed_mid_training_fails_the_group_fast(tiny_model: Path, tmp_path: Path) -> None:
+    """One worker SIGKILLed (an OOM kill, a lost GPU): the launcher stops the other instead of leaving it
+    waiting in a collective, and the run exits 1 (a retry resumes from the last checkpoint)."""
+    spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 400, "saveSteps": 1000, "evalSteps": 1000,
+                                            "batchSize": 2})
+    output = tmp_path / "killed"
+    proc = _run(spec, output, 2, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not _losses(output) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-f", f"lora_trainer.cli run {output.parent / 'killed.yaml'}", "-P",
+                              str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    started = time.monotonic()
+    code, err = _finish(proc, 300)
+    assert code == EXIT_FAILED, err[-3000:]
+    assert time.monotonic() - started < 60, "the group did not stop promptly"
+    assert "exited with -9" in err

@@ -1,0 +1,141 @@
+"""Data-parallel training over several processes (DDP), launched by torchrun's launcher (docs/trainer.md).
+
+``lora-trainer run --nproc-per-node N`` starts N worker processes of itself through
+``torch.distributed.launcher`` (what the ``torchrun`` command runs: its c10d rendezvous, its agent that
+watches the workers and stops them all when one dies, its SIGTERM forwarding). Every worker loads the same
+data and model and trains its shard of each batch (the HF Trainer wraps the model in DDP); **rank 0 alone**
+grades before and after, saves, merges, validates and reports progress, so the run reads exactly as a
+one-process run does. What is ours on top of the launcher:
+
+- the **global batch is the spec's** (batchSize x gradientAccumulationSteps items per optimizer step) for any
+  number of processes: each rank gets a share of it (``per_rank_batch``), and the number of optimizer steps
+  is the one-process count, so the data, the steps and the XP do not depend on the world size;
+- **one decision per step**: a stop signal reaching any rank (a pod deleted, a node drained) is agreed on by
+  all of them (``agree``), so they save the same checkpoint and stop together instead of one waiting forever
+  for the others; the checkpoint's completion marker is written once every rank has saved its part;
+- the workers' **exit codes survive** the launcher (it reports any failure as 1): 2 (invalid spec or data: do
+  not retry) and 143 (stopped, a checkpoint saved: resume) reach the Job's pod-failure policy as they do from
+  one process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from lora_contract.wire import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_INPUT, EXIT_OK
+from lora_trainer.errors import InvalidInput
+
+# Rank 0 grades the base model while the others wait in their first collective: long enough for that on a
+# big model (a dead rank is noticed by the launcher at once; a hung one by the operator's stall timeout).
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the workers, from the variables torchrun's launcher sets."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def per_rank_batch(batch: int, accumulation: int, world: int) -> tuple[int, int]:
+    """(per-device batch, accumulation) for each of ``world`` ranks so that an optimizer step sees the same
+    ``batch x accumulation`` items as one process does: the largest per-device batch up to ``batch`` that
+    divides the rank's share (fewer micro-batches to accumulate)."""
+    total = batch * accumulation
+    if total % world:
+        raise InvalidInput(f"the global batch lora.batchSize x lora.gradientAccumulationSteps = {total} items "
+                           f"cannot be split evenly over {world} processes: make it a multiple of {world}")
+    share = total // world
+    device = max(d for d in range(1, min(batch, share) + 1) if share % d == 0)
+    return device, share // device
+
+
+def init(world: World, cuda: bool) -> None:
+    """Join the workers' process group (before the Trainer, which then uses it), one GPU per process."""
+    if not world.distributed or torch.distributed.is_initialized():
+        return
+    if cuda:
+        torch.cuda.set_device(world.local_rank)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any of them (one small all-reduce)."""
+    if not torch.distributed.is_initialized():
+        return flag
+    value = torch.tensor([1 if flag else 0], device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def first_failure(failure: tuple[int, int, str] | None) -> tuple[int, int, int, str] | None:
+    """Every worker's outcome of the steps before training, exchanged once: ``failure`` is this worker's
+    (step, exit code, message) or None; returns the lowest rank's failure as (rank, step, code, message).
+
+    Why: the other workers skip step 0, so they reach a bad spec's error in step 3 while rank 0 is still
+    grading; were they to exit at once, the launcher would stop rank 0 and its report would say "stopped",
+    not why. They wait here instead, and rank 0 reports their failure as the run's.
+    """
+    if not torch.distributed.is_initialized():
+        return None if failure is None else (0, *failure)
+    outcomes: list[tuple[int, int, str] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(outcomes, failure)
+    return next(((rank, *outcome) for rank, outcome in enumerate(outcomes) if outcome), None)
+
+
+def exit_code_of(codes: list[int]) -> int:
+    """The run's exit code from its workers': invalid input wins (no retry helps), then a stop signal (the
+    retry resumes), then any other failure; a worker killed by a signal (negative code) is a failure."""
+    if all(code == EXIT_OK for code in codes):
+        return EXIT_OK
+    for meaningful in (EXIT_INVALID_INPUT, EXIT_INTERRUPTED):
+        if meaningful in codes:
+            return meaningful
+    return EXIT_FAILED
+
+
+def launch(nproc: int, argv: list[str], grace_seconds: int) -> int:
+    """Run ``lora-trainer <argv>`` as ``nproc`` workers on this machine (torchrun --standalone) and wait; the
+    run's exit code. ``grace_seconds``: how long the workers get, after a SIGTERM, to save and exit."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"lora-{uuid.uuid4().hex[:8]}",
+                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
+                          shutdown_timeout=grace_seconds, monitor_interval=0.5)
+    try:
+        elastic_launch(config, sys.executable)("-m", "lora_trainer.cli", *argv)
+    except ChildFailedError as err:
+        rank, first = err.get_first_failure()
+        print(f"lora-trainer: worker rank {rank} exited with {first.exitcode}", file=sys.stderr)
+        return exit_code_of([failure.exitcode for failure in err.failures.values()])
+    except SignalException:  # the launcher forwarded it; the workers saved a checkpoint and stopped
+        return EXIT_INTERRUPTED
+    return EXIT_OK
