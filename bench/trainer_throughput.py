@@ -31,9 +31,13 @@ turn). The data depend on the Python version (printed, with a digest of the trai
 Memory: the kernel's peak RSS (VmHWM), reset through /proc/self/clear_refs at each phase start, so
 each phase (pipeline step) has its own peak; the process peak is the largest of them.
 
+Data-parallel workers (``--workers N``, N > 1): ours is also run as ``lora-trainer run --nproc-per-node N``
+(torchrun's launcher, gloo on CPU), in a subprocess, on the same spec and global batch, and a second table
+compares it with ours in one process: its times come from the event file's timestamps (whole seconds).
+
 Usage: ``python bench/trainer_throughput.py [--pairs 386] [--held-out 40] [--max-length 256]
-[--limit-steps N] [--skip-baseline] [--skip-ours] [--lora JSON]`` (the defaults are the full measurement: several
-minutes per variant on 2 cores). The report is a Markdown table on stdout; the trainer's checklist
+[--limit-steps N] [--skip-baseline] [--skip-ours] [--workers N] [--lora JSON]`` (the defaults are the full
+measurement: several minutes per variant on 2 cores). The report is a Markdown table on stdout; the trainer's checklist
 goes to stderr.
 """
 
@@ -58,12 +62,14 @@ import random
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +366,7 @@ def ours_spec(train_file: Path, max_length: int, limit_steps: int | None, lora_o
         "datasets": [{"name": "stdlib-docstrings", "path": str(train_file), "format": "alpaca"}],
         "data": {"validationFraction": 0.1},
         "lora": lora,
+        "output": {"keepCheckpoints": True},  # the bench reads the last checkpoint's trainer state
         "evaluation": {"heldOutItems": 8, "generation": {"maxNewTokens": 48}, "queries": QUERIES},
         "resources": {"gpu": 0},
     }
@@ -433,6 +440,53 @@ def heldout_loss(pairs: list[Pair], max_length: int, adapter: Path | None) -> tu
 # --- report -------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class WorkersResult:
+    """Ours run by the CLI with several data-parallel workers: wall times and the trained token count."""
+
+    workers: int
+    total_seconds: float
+    training_seconds: float
+    steps: int
+    tokens: int
+    adapter: Path
+    heldout_loss: float | None = None
+
+
+def run_ours_workers(spec_dict: dict[str, Any], workers: int, out: Path) -> WorkersResult:
+    """``lora-trainer run --nproc-per-node workers`` on ``spec_dict``; step 4's time from its events."""
+    spec_file, events = out.with_suffix(".yaml"), out.with_suffix(".events.jsonl")
+    spec_file.write_text(json.dumps(spec_dict))
+    started = clock()
+    proc = subprocess.run([sys.executable, "-m", "lora_trainer.cli", "run", str(spec_file), "--output", str(out),
+                           "--events", str(events), "--nproc-per-node", str(workers)], check=False)
+    total = clock() - started
+    if proc.returncode:
+        raise SystemExit(f"ours with {workers} workers failed (exit code {proc.returncode})")
+    times = {(e["index"], e["state"]): datetime.fromisoformat(e["time"].replace("Z", "+00:00"))
+             for e in map(json.loads, events.read_text().splitlines()) if e["type"] == "step"}
+    training = (times[(4, "Completed")] - times[(4, "Active")]).total_seconds()
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    return WorkersResult(workers, total, training, state["global_step"], state["num_input_tokens_seen"],
+                         out / "adapter")
+
+
+def workers_report(ours: Result, many: WorkersResult) -> list[str]:
+    rows: list[tuple[str, float | None, float | None, int]] = [
+        ("optimizer steps", ours.steps, many.steps, 0),
+        ("non-padding tokens trained", ours.tokens, many.tokens, 0),
+        ("training wall time, s (step 4; workers: whole seconds)", ours.training.seconds, many.training_seconds, 1),
+        ("**non-padding tokens/s during training**", per_second(ours.tokens, ours.training.seconds),
+         per_second(many.tokens, many.training_seconds), 1),
+        ("end-to-end wall time, s", ours.total_seconds, many.total_seconds, 1),
+        ("held-out answer loss", ours.heldout_loss, many.heldout_loss, 4),
+    ]
+    lines = table(rows)
+    lines[0] = f"| metric | ours, 1 process | ours, {many.workers} workers | workers / 1 process |"
+    return lines
+
+
 def number(value: float | None, digits: int = 1) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
 
@@ -501,6 +555,8 @@ def main() -> None:
     parser.add_argument("--limit-steps", type=int, help="stop both variants after this many optimizer steps")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also run ours with this many data-parallel workers (lora-trainer --nproc-per-node)")
     parser.add_argument("--lora", type=json.loads, default={}, metavar="JSON",
                         help='spec.lora fields set for ours, e.g. \'{"lrSchedulerType": "constant"}\'')
     args = parser.parse_args()
@@ -561,12 +617,23 @@ def main() -> None:
             ours = run_ours(spec, train_rows, steps, work / "ours")
             if ours.steps != steps:
                 raise SystemExit(f"ours ran {ours.steps} optimizer steps, expected {steps}")
+        many = None
+        if ours is not None and args.workers > 1:
+            many = run_ours_workers(spec_dict, args.workers, work / f"ours-{args.workers}-workers")
+            if many.steps != steps:
+                raise SystemExit(f"ours with {args.workers} workers ran {many.steps} optimizer steps, expected {steps}")
         base_loss, heldout_tokens = heldout_loss(heldout, args.max_length, None)
-        for result in (base, ours):
+        for result in (base, ours, many):
             if result is not None:
                 result.heldout_loss = heldout_loss(heldout, args.max_length, result.adapter)[0]
     print()
     print("\n".join(report(base, ours, base_loss, heldout_tokens)))
+    if ours is not None and many is not None:
+        print()
+        print(f"ours with {many.workers} data-parallel workers (same spec, same global batch), against ours in one "
+              "process:")
+        print()
+        print("\n".join(workers_report(ours, many)))
 
 
 if __name__ == "__main__":
