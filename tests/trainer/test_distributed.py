@@ -142,6 +142,31 @@ def test_sigterm_stops_every_worker_at_one_checkpoint_and_the_rerun_resumes_ther
     assert f"resumed from checkpoint-{step}" in resumed
 
 
+def test_a_checkpoint_of_two_workers_resumes_in_one_process(tiny_model: Path, tmp_path: Path) -> None:
+    """A retry with another world size (a node lost, fewer GPUs free): the checkpoint holds the whole adapter and
+    optimizer (rank 0 saves them), the global batch is the same, so one process carries on from it."""
+    spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 8, "saveSteps": 4, "evalSteps": 1000, "batchSize": 2})
+    output = tmp_path / "shrunk"
+    proc = _run(spec, output, 2, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (output / "checkpoints" / "checkpoint-4" / MARKER).is_file() and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    code, err = _finish(proc, 300)
+    assert code in (EXIT_INTERRUPTED, EXIT_OK), err[-3000:]
+    if code == EXIT_OK:
+        pytest.skip("the run finished before the stop signal reached it")
+    saved = max(int(p.name.removeprefix("checkpoint-")) for p in (output / "checkpoints").iterdir()
+                if (p / MARKER).is_file())
+    code, err = _finish(_run(spec, output, 1))
+    assert code == EXIT_OK, err[-3000:]
+    resumed = [e["message"] for e in _events(output) if e.get("type") == "step" and e["index"] == 4
+               and e["state"] == "Completed"][-1]
+    assert f"resumed from checkpoint-{saved}" in resumed, resumed
+    assert json.loads((output / "report.json").read_text())["trainer"]["trainingStep"] == 8
+
+
 def test_a_worker_killed_mid_training_fails_the_group_fast(tiny_model: Path, tmp_path: Path) -> None:
     """One worker SIGKILLed (an OOM kill, a lost GPU): the launcher stops the other instead of leaving it
     waiting in a collective, and the run exits 1 (a retry resumes from the last checkpoint)."""
