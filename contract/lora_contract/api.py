@@ -402,8 +402,12 @@ class Toleration(_Model):
 
 
 class ResourceSpec(_Model):
-    gpu: int = Field(1, ge=0, le=16, description="GPUs requested (0 trains on CPU). More than 1: one data-parallel "
-                     "trainer process per GPU (torchrun's DDP), with the spec's global batch split over them.")
+    gpu: int = Field(1, ge=0, le=16, description="GPUs requested per node (0 trains on CPU). More than 1: one "
+                     "data-parallel trainer process per GPU (torchrun's DDP), with the spec's global batch split "
+                     "over them.")
+    nodes: int = Field(1, ge=1, le=64, description="Pods (nodes) training together, each with gpu GPUs: an Indexed "
+                       "Job whose pods meet through a headless Service (docs/trainer.md). More than 1 needs "
+                       "output.claimName, a volume every pod mounts.")
     cpu_fallback: bool = Field(False, description="With gpu > 0, train on CPU when the trainer sees no GPU. "
                                "Off, such a run fails at once (exit code 2) instead of training for days on CPU.")
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253,
@@ -433,6 +437,8 @@ OCI_URI = (r"oci://[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:[0-9]{1,5})?"
 # at most 96 characters each side), and a branch name.
 HF_URI = (r"hf://[A-Za-z0-9]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?"
           r"(@[A-Za-z0-9][A-Za-z0-9_./-]{0,199})?")
+SHARED_OUTPUT_MESSAGE = ("resources.nodes > 1 needs output.claimName: a volume every pod mounts (ReadWriteMany "
+                         "across nodes), where rank 0 writes the checkpoints every pod resumes from")
 S3_PREFIX_MESSAGE = "destinations: an s3:// uri's prefix must not contain '.' or '..' segments"
 S3_ONLY_MESSAGE = "destinations: endpoint is for s3:// and hf:// destinations, region for s3:// only"
 OCI_ONLY_MESSAGE = "destinations: plainHttp is for oci:// destinations"
@@ -547,7 +553,9 @@ class LoraTrainingJobSpec(_Model):
         json_schema_extra={"x-kubernetes-validations": [{
             "rule": "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name) && "
                     "self.volumes.exists_one(w, w.mountPath == v.mountPath))",
-            "message": UNIQUE_VOLUMES_MESSAGE}]}
+            "message": UNIQUE_VOLUMES_MESSAGE},
+            {"rule": "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1 || "
+                     "(has(self.output) && has(self.output.claimName))", "message": SHARED_OUTPUT_MESSAGE}]}
     )
 
     model: ModelSpec
@@ -573,6 +581,8 @@ class LoraTrainingJobSpec(_Model):
         names, paths = [v.name for v in self.volumes], [v.mount_path for v in self.volumes]
         if len(set(names)) != len(names) or len(set(paths)) != len(paths):
             raise ValueError(UNIQUE_VOLUMES_MESSAGE)
+        if self.resources.nodes > 1 and not self.output.claim_name:
+            raise ValueError(SHARED_OUTPUT_MESSAGE)
         return self
 
 

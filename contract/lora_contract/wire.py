@@ -33,3 +33,12 @@ def destination_secret_keys(uri: str) -> tuple[str, ...]:
 # The trainer's env: that folder, and the pvc://<claim>/<subPath> of an output volume (its adapter's URI).
 DESTINATION_SECRETS_ENV = "LORA_DESTINATION_SECRETS_DIR"
 OUTPUT_URI_ENV = "LORA_OUTPUT_URI"
+
+# A run over several pods (resources.nodes > 1): torchrun's settings, under the names Kubeflow's torch runtime
+# gives them (torchrun reads PET_<OPTION> as its --<option>), and the port rank 0's pod listens on for the others.
+NNODES_ENV = "PET_NNODES"
+NPROC_PER_NODE_ENV = "PET_NPROC_PER_NODE"
+NODE_RANK_ENV = "PET_NODE_RANK"
+MASTER_ADDR_ENV = "PET_MASTER_ADDR"
+MASTER_PORT_ENV = "PET_MASTER_PORT"
+RENDEZVOUS_PORT = 29500

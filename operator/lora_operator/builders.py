@@ -21,7 +21,13 @@ from lora_contract.wire import (
     DESTINATION_SECRETS_ENV,
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
+    MASTER_ADDR_ENV,
+    MASTER_PORT_ENV,
+    NNODES_ENV,
+    NODE_RANK_ENV,
+    NPROC_PER_NODE_ENV,
     OUTPUT_URI_ENV,
+    RENDEZVOUS_PORT,
     destination_secret_keys,
 )
 
@@ -238,7 +244,37 @@ def _env(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: Operator
     if spec.hub_token_secret:
         token = spec.hub_token_secret
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
-    return env
+    return env + _group_env(name, namespace, spec)
+
+
+def _group_env(name: str, namespace: str, spec: api.LoraTrainingJobSpec) -> list[dict[str, Any]]:
+    """torchrun's settings for a run over several pods: each pod's node rank is its completion index, and pod
+    index 0 (rank 0) is reachable at a stable name through the headless Service (``workers_service``)."""
+    if spec.resources.nodes == 1:
+        return []
+    job = job_name(name)
+    return [
+        {"name": NNODES_ENV, "value": str(spec.resources.nodes)},
+        {"name": NPROC_PER_NODE_ENV, "value": str(max(1, spec.resources.gpu))},
+        {"name": NODE_RANK_ENV, "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        {"name": MASTER_ADDR_ENV, "value": f"{job}-0.{job}.{namespace}.svc"},
+        {"name": MASTER_PORT_ENV, "value": str(RENDEZVOUS_PORT)},
+    ]
+
+
+def workers_service(name: str) -> dict[str, Any]:
+    """The headless Service of a run over several pods: it gives each pod of the Indexed Job a DNS name
+    (``<job>-<index>.<job>``), so the others find rank 0's before it is Ready (publishNotReadyAddresses)."""
+    job = job_name(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": job, "labels": labels(name)},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {"batch.kubernetes.io/job-name": job},
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}]},
+    }
 
 
 def _scheduling(spec: api.LoraTrainingJobSpec, cfg: OperatorConfig) -> dict[str, Any]:
@@ -338,6 +374,12 @@ def job(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorC
         },
         "template": {"metadata": {"labels": labels(name)}, "spec": pod_spec},
     }
+    if spec.resources.nodes > 1:
+        # One pod per node, all at once (Kueue admits the pod set as one workload); each pod's index is its node
+        # rank, its hostname <job>-<index> under the Service's subdomain.
+        nodes = spec.resources.nodes
+        job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
+        pod_spec["subdomain"] = job_name(name)
     if spec.runtime.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.runtime.ttl_seconds_after_finished
     return {
@@ -355,5 +397,6 @@ def children(
     return [
         service_account(name, cfg),
         spec_configmap(name, spec, cfg),
+        *([workers_service(name)] if spec.resources.nodes > 1 else []),
         job(name, namespace, spec, cfg),
     ]

@@ -30,7 +30,7 @@ NAMESPACED_RULES = [
     _rule("lora.airepublic.io", "loratrainingjobs/finalizers", "update"),
     _rule("batch", "jobs", "get list watch create patch"),
     _rule("", "pods", "get list watch"),
-    _rule("", "serviceaccounts configmaps", "get create"),
+    _rule("", "serviceaccounts configmaps services", "get create"),
     _rule("", "events", "create"),
 ]
 CRD_RULE = _rule("apiextensions.k8s.io", "customresourcedefinitions", "list watch")

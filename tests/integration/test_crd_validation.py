@@ -88,6 +88,8 @@ BAD_SPECS = [
         {"uri": "s3://bucket/x", "plainHttp": True}]}), "destinations: plainHttp is for oci:// destinations"),
     ("a destination endpoint without a scheme", _with("spec.output", {"destinations": [
         {"uri": "s3://bucket/a", "endpoint": "minio.storage:9000"}]}), "spec.output.destinations[0].endpoint"),
+    ("several pods without a shared volume", _with("spec.resources", {"nodes": 2}),
+     "resources.nodes > 1 needs output.claimName"),
     ("name too long", _with("spec.suspend", False, name="x" * 60), "metadata.name must be at most 56"),
 ]
 SPEC_CASES = [c for c in BAD_SPECS if c[0] != "name too long"]

@@ -228,6 +228,38 @@ def test_pods_deleted_and_drained_mid_training_save_at_sigterm_and_the_retry_res
 
 
 
+@pytest.mark.e2e
+def test_a_run_over_two_pods_meets_through_its_service_and_a_deleted_pod_restarts_the_group(
+        rk, operator_release, real_namespace):
+    """resources.nodes: 2 is an Indexed Job of two pods behind a headless Service: the pod of index 1 finds rank 0's
+    at <job>-0.<job> (CoreDNS, the pod network) and the two train as one group. Deleting the index-1 pod
+    mid-training stops both at one agreed checkpoint (its SIGTERM reaches one pod; the stop is agreed by every
+    worker), the Job replaces both, and the new group resumes there and succeeds, with rank 0's progress only."""
+    volume = _claim(rk, real_namespace, "group-out")
+    rk.apply(_run("group", "group-out", resources={"gpu": 0, "nodes": 2, "cpu": "500m", "memory": "3Gi"}),
+             real_namespace)
+    run_dir = volume / real_namespace / "group"
+    wait_for("a complete checkpoint on the PVC", lambda: complete_checkpoints(run_dir), timeout=900, interval=1)
+    service = rk.get("service", "group-train", real_namespace)
+    assert service["spec"]["clusterIP"] == "None", service["spec"]
+    pods = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p
+            for p in _pods(rk, real_namespace, "group")}
+    assert sorted(pods) == ["0", "1"] and pods["1"]["spec"]["hostname"] == "group-train-1"
+    first = {p["metadata"]["uid"] for p in pods.values()}
+    rk("delete", "pod", pods["1"]["metadata"]["name"], "-n", real_namespace, "--wait=false")
+    status = wait_for("the run to end", lambda: (s := rk.status(real_namespace, "group")).get("phase")
+                      in ("Succeeded", "Failed") and s, timeout=1200, interval=2)
+    assert status["phase"] == "Succeeded", status.get("message")
+    training = next(s for s in status["trainer"]["steps"] if s["name"] == "training")
+    assert "x 2 processes" in next(s for s in status["trainer"]["steps"] if s["name"] == "training-config")["message"]
+    assert "resumed from checkpoint-" in training["message"], training
+    job = rk.get("job", "group-train", real_namespace)
+    assert (job["status"].get("failed") or 0) == 0, job["status"]  # both stopped at the checkpoint: a disruption
+    replaced = {p["metadata"]["uid"] for p in _pods(rk, real_namespace, "group")}
+    assert len(replaced) == 2 and not replaced & first, "the group was not restarted as a whole"
+    assert status["xp"] > 0
+
+
 def test_s3_and_oci_outputs_without_a_volume_survive_a_deleted_pod_and_land_verified(
         rk, real_cluster, operator_release, real_namespace, s3_server, s3_bucket, oci_registry, tmp_path):
     """No PVC at all: the output is an emptyDir; the results go to SeaweedFS and the adapter to a registry, both

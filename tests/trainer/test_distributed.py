@@ -17,9 +17,20 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lora_contract.wire import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_INPUT, EXIT_OK
+from lora_contract.wire import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    MASTER_ADDR_ENV,
+    MASTER_PORT_ENV,
+    NNODES_ENV,
+    NODE_RANK_ENV,
+    NPROC_PER_NODE_ENV,
+)
 from lora_trainer.checkpoints import MARKER
 from lora_trainer.distributed import exit_code_of
+from tests.cluster.controlplane import free_port
 from tests.trainer.conftest import tiny_spec_dict
 
 # Loss and weights of 2 workers against 1, with the same global batch: the same items per optimizer step
@@ -37,7 +48,7 @@ def _run(spec: dict, output: Path, nproc: int, timeout: float = 600, **popen) ->
     return subprocess.Popen(
         [sys.executable, "-m", "lora_trainer.cli", "run", str(output.parent / f"{output.name}.yaml"), "--output",
          str(output), "--events", str(output.parent / f"{output.name}.events.jsonl"), "--quiet",
-         "--nproc-per-node", str(nproc)], stderr=subprocess.PIPE, text=True, **popen)
+         "--nproc-per-node", str(nproc)], text=True, **{"stderr": subprocess.PIPE, **popen})
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:
@@ -83,6 +94,28 @@ def test_two_workers_train_what_one_process_trains(one_and_two) -> None:
     assert moved > 10 * WEIGHT_TOLERANCE  # the comparison below is not between untrained adapters
     for key in adapter1:
         assert torch.allclose(adapter1[key], adapter2[key], atol=WEIGHT_TOLERANCE), key
+
+
+def test_two_pods_meet_at_rank_0s_address_and_train_what_one_process_trains(one_and_two, tiny_model: Path,
+                                                                            tmp_path: Path) -> None:
+    """What the operator's Indexed Job runs: one launcher per pod with the PET_* variables (node rank = pod
+    index, rank 0's address), here two processes on loopback sharing one output folder (the shared volume)."""
+    one, _, _ = one_and_two
+    spec = yaml.safe_load((one.parent / "one.yaml").read_text())
+    port = free_port()
+    output = tmp_path / "pods"
+    logs = [tmp_path / f"pod-{i}.log" for i in (1, 0)]
+    group = {NNODES_ENV: "2", NPROC_PER_NODE_ENV: "1", MASTER_ADDR_ENV: "127.0.0.1", MASTER_PORT_ENV: str(port)}
+    pods = [_run(spec, output, 1, stderr=log.open("w"), env={**os.environ, **group, NODE_RANK_ENV: log.stem[-1]})
+            for log in logs]  # index 1 first: it waits for rank 0's store, as a pod that starts first does
+    codes = [pod.wait(timeout=600) for pod in pods]
+    assert codes == [EXIT_OK, EXIT_OK], [log.read_text()[-2000:] for log in logs]
+    losses1, losses2 = _losses(one), _losses(output)
+    assert sorted(losses2) == sorted(losses1)
+    assert all(abs(losses2[step] - loss) < LOSS_TOLERANCE for step, loss in losses1.items()), (losses1, losses2)
+    config = next(e["message"] for e in _events(output) if e.get("type") == "step" and e["index"] == 3
+                  and e["state"] == "Completed")
+    assert "x 2 processes" in config
 
 
 def test_rank_0_alone_reports_grades_and_saves(one_and_two) -> None:

@@ -1,5 +1,6 @@
 """spec -> Kubernetes objects, without a cluster."""
 
+import pytest
 import yaml
 
 from lora_contract import api, wire
@@ -222,3 +223,37 @@ def test_several_gpus_get_a_shared_memory_volume_for_nccl() -> None:
     assert shm(2) == [{"name": "shm", "mountPath": "/dev/shm"}]
     pod = _pod(builders.job("demo", "ns", _spec(resources={"gpu": 4}), CFG))
     assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+
+
+def test_a_run_over_several_pods_is_an_indexed_job_behind_a_headless_service() -> None:
+    spec = _spec(resources={"gpu": 2, "nodes": 3}, output={"claimName": "shared"})
+    kinds = [c["kind"] for c in builders.children("demo", "ns", spec, CFG)]
+    assert kinds == ["ServiceAccount", "ConfigMap", "Service", "Job"]  # the Service before the Job's pods
+    job = builders.job("demo", "ns", spec, CFG)
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == (
+        "Indexed", 3, 3)
+    pod = _pod(job)
+    assert pod["subdomain"] == "demo-train"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
+    assert env[wire.NNODES_ENV] == "3" and env[wire.NPROC_PER_NODE_ENV] == "2"
+    assert env[wire.NODE_RANK_ENV] == {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert env[wire.MASTER_ADDR_ENV] == "demo-train-0.demo-train.ns.svc"  # <hostname>.<subdomain>.<ns>.svc
+    assert env[wire.MASTER_PORT_ENV] == str(wire.RENDEZVOUS_PORT)
+    service = builders.workers_service("demo")
+    assert service["metadata"]["name"] == pod["subdomain"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": "demo-train"}
+
+
+def test_a_one_pod_run_has_no_service_and_no_group_settings() -> None:
+    spec = _spec()
+    assert [c["kind"] for c in builders.children("demo", "ns", spec, CFG)] == ["ServiceAccount", "ConfigMap", "Job"]
+    job = builders.job("demo", "ns", spec, CFG)
+    assert "completionMode" not in job["spec"] and "subdomain" not in _pod(job)
+    assert not any(e["name"].startswith("PET_") for e in _pod(job)["containers"][0]["env"])
+
+
+def test_several_pods_need_a_shared_output_volume() -> None:
+    with pytest.raises(ValueError, match=r"resources\.nodes > 1 needs output\.claimName"):
+        _spec(resources={"nodes": 2})

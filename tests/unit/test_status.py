@@ -152,6 +152,21 @@ def test_xp_is_the_operators_and_only_for_a_succeeded_run_of_a_trusted_image() -
     assert next(c for c in patch["conditions"] if c["type"] == "XPAwarded")["reason"] == "NotSucceeded"
 
 
+def test_a_run_over_several_pods_takes_its_summary_from_index_0_the_pod_of_rank_0() -> None:
+    report = progress.ReportEvent(improvements={"qualityPercent": 12.5}, trainItems=100, artifacts={})
+    final = _all_steps_completed(report)
+    final.before, final.after = GradeScores(weighted_overall=40.0), GradeScores(weighted_overall=50.0)
+    rank0 = _pod("Succeeded", name="demo-train-0-abc", terminated={
+        "exitCode": 0, "reason": "Completed", "message": progress.final_summary(final)})
+    worker = _pod("Succeeded", name="demo-train-1-def", created="2026-01-01T11:00:01Z",  # newer, and says nothing
+                  terminated={"exitCode": 0, "reason": "Completed", "message": ""})
+    for pod, index in ((rank0, "0"), (worker, "1")):
+        pod["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": index}
+    stale = {"phase": "Running", "trainer": _trainer(), "startTime": "2026-01-01T11:00:00Z"}
+    patch, _ = _reconcile(stale, _job([{"type": "Complete"}]), [rank0, worker])
+    assert patch["trainer"]["improvements"] == {"qualityPercent": 12.5} and patch["xp"] == 300
+
+
 def test_a_termination_message_that_is_not_a_valid_summary_is_not_merged() -> None:
     claims = json.dumps({"trainItems": 5, "xp": 99999, "phase": "Succeeded"})  # fields a trainer never sets
     pod = _pod("Succeeded", terminated={"exitCode": 0, "message": claims})

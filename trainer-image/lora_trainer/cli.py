@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from lora_contract.api import KIND, LoraTrainingJobSpec
 from lora_contract.validation import describe_validation_error
-from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT
+from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, NNODES_ENV, NPROC_PER_NODE_ENV
 from lora_trainer.errors import StepError, exit_code
 from lora_trainer.signals import Interrupted, StopSignals
 
@@ -79,12 +79,15 @@ def _run(args: argparse.Namespace, spec: LoraTrainingJobSpec, signals: StopSigna
 
 
 def _workers(args: argparse.Namespace) -> int:
-    """Worker processes this command should launch: ``--nproc-per-node``, else one per visible GPU; 1 when
-    it is a worker itself (torchrun's launcher set LOCAL_RANK)."""
+    """Worker processes this command should launch: ``--nproc-per-node``, else the operator's PET_NPROC_PER_NODE
+    (a run over several pods), else one per visible GPU; 1 when it is a worker itself (torchrun's launcher set
+    LOCAL_RANK)."""
     if "LOCAL_RANK" in os.environ:
         return 1
     if args.nproc_per_node is not None:
         return args.nproc_per_node
+    if NPROC_PER_NODE_ENV in os.environ:
+        return int(os.environ[NPROC_PER_NODE_ENV])
     import torch
 
     return max(1, torch.cuda.device_count())
@@ -142,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()
     try:
         workers = _workers(args)
-        if workers > 1:  # the launcher installs its own SIGTERM handler: it forwards the signal to the workers
-            from lora_trainer.distributed import launch
+        several_pods = "LOCAL_RANK" not in os.environ and int(os.environ.get(NNODES_ENV, "1")) > 1
+        if workers > 1 or several_pods:  # the launcher's own SIGTERM handler forwards the signal to the workers
+            from lora_trainer.distributed import Group, launch
 
             argv = ["run", args.spec, "--output", args.output] + (["--events", args.events] if args.events else []
                                                                   ) + (["--quiet"] if args.quiet else [])
-            return launch(workers, argv, WORKER_GRACE_SECONDS)
+            return launch(workers, argv, WORKER_GRACE_SECONDS, Group.from_env())
         return _run(args, spec, signals)
     except Interrupted as stop:  # before the pipeline started (importing it); it handles the rest
         print(f"lora-trainer: stopped by {stop.signal_name} before the run started", file=sys.stderr)

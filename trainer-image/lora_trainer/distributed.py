@@ -28,12 +28,22 @@ from datetime import timedelta
 
 import torch
 
-from lora_contract.wire import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_INPUT, EXIT_OK
+from lora_contract.wire import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    MASTER_ADDR_ENV,
+    MASTER_PORT_ENV,
+    NNODES_ENV,
+    NODE_RANK_ENV,
+)
 from lora_trainer.errors import InvalidInput
 
 # Rank 0 grades the base model while the others wait in their first collective: long enough for that on a
 # big model (a dead rank is noticed by the launcher at once; a hung one by the operator's stall timeout).
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
+RENDEZVOUS_TIMEOUT = 1800  # seconds the pods of a group wait for each other to start (image pulls, scheduling)
 
 
 @dataclass(frozen=True)
@@ -120,16 +130,40 @@ def exit_code_of(codes: list[int]) -> int:
     return EXIT_FAILED
 
 
-def launch(nproc: int, argv: list[str], grace_seconds: int) -> int:
-    """Run ``lora-trainer <argv>`` as ``nproc`` workers on this machine (torchrun --standalone) and wait; the
-    run's exit code. ``grace_seconds``: how long the workers get, after a SIGTERM, to save and exit."""
+@dataclass(frozen=True)
+class Group:
+    """The pods of a run over several nodes, from the operator's PET_* variables (``lora_contract.wire``)."""
+
+    nodes: int = 1
+    node_rank: int = 0
+    master: str = ""  # host:port of node rank 0, where the others meet it
+
+    @classmethod
+    def from_env(cls) -> Group:
+        nodes = int(os.environ.get(NNODES_ENV, "1"))
+        if nodes == 1:
+            return cls()
+        return cls(nodes, int(os.environ[NODE_RANK_ENV]),
+                   f"{os.environ[MASTER_ADDR_ENV]}:{os.environ.get(MASTER_PORT_ENV, '29500')}")
+
+
+def launch(nproc: int, argv: list[str], grace_seconds: int, group: Group | None = None) -> int:
+    """Run ``lora-trainer <argv>`` as ``nproc`` workers on this machine and wait; the run's exit code.
+    ``grace_seconds``: how long the workers get, after a SIGTERM, to save and exit. One node: torchrun
+    --standalone (c10d on 127.0.0.1). Several (``group``): torchrun --node-rank --master-addr, whose static
+    rendezvous makes the pod of index 0 node rank 0, so global rank 0 (the one that reports) is that pod."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"lora-{uuid.uuid4().hex[:8]}",
-                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
-                          shutdown_timeout=grace_seconds, monitor_interval=0.5)
+    group = group or Group()
+    if group.nodes == 1:
+        rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": "127.0.0.1:0", "run_id": f"lora-{uuid.uuid4().hex[:8]}"}
+    else:  # rank 0's pod serves the store; the others wait up to RENDEZVOUS_TIMEOUT for it (its image pull)
+        rendezvous = {"rdzv_backend": "static", "rdzv_endpoint": group.master, "run_id": "lora-group",
+                      "rdzv_configs": {"rank": group.node_rank, "timeout": RENDEZVOUS_TIMEOUT}}
+    config = LaunchConfig(min_nodes=group.nodes, max_nodes=group.nodes, nproc_per_node=nproc, max_restarts=0,
+                          shutdown_timeout=grace_seconds, monitor_interval=0.5, **rendezvous)
     try:
         elastic_launch(config, sys.executable)("-m", "lora_trainer.cli", *argv)
     except ChildFailedError as err:

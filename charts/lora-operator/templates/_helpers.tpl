@@ -95,7 +95,7 @@ cluster-wide mode, a Role in watchNamespace otherwise.
   resources: [pods]
   verbs: [get, list, watch]
 - apiGroups: [""]
-  resources: [serviceaccounts, configmaps]
+  resources: [serviceaccounts, configmaps, services]
   verbs: [get, create]
 - apiGroups: [""]
   resources: [events]
