@@ -33,6 +33,7 @@ from lora_contract.wire import (
 
 MANAGED_BY = "lora-operator"
 JOB_LABEL = f"{api.GROUP}/job"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # on each pod of an Indexed Job (several pods)
 CONTAINER = "trainer"
 
 SPEC_MOUNT = "/etc/lora/spec"
@@ -261,6 +262,14 @@ def _group_env(name: str, namespace: str, spec: api.LoraTrainingJobSpec) -> list
         {"name": MASTER_ADDR_ENV, "value": f"{job}-0.{job}.{namespace}.svc"},
         {"name": MASTER_PORT_ENV, "value": str(RENDEZVOUS_PORT)},
     ]
+
+
+def reporting_run(labels: dict[str, str] | None, annotations: dict[str, str] | None) -> str | None:
+    """The run a pod may report progress for: its run label, except for the pods other than index 0 of a run
+    over several pods, which train only (global rank 0, the one that reports, is in pod 0)."""
+    if (annotations or {}).get(COMPLETION_INDEX, "0") != "0":
+        return None
+    return (labels or {}).get(JOB_LABEL)
 
 
 def workers_service(name: str) -> dict[str, Any]:

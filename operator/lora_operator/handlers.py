@@ -128,7 +128,7 @@ def _read_pod_run(namespace: str, pod: str) -> str | None:
         if err.status == 404:
             return None
         raise
-    return (found.metadata.labels or {}).get(builders.JOB_LABEL)
+    return builders.reporting_run(found.metadata.labels, found.metadata.annotations)
 
 
 def _custom() -> kubernetes.client.CustomObjectsApi:
@@ -316,10 +316,11 @@ def job_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels=_CHILD_SELECTOR)
-def pod_changed(labels: kopf.Labels, namespace: str, uid: str, type: str | None, **_: Any) -> None:
+def pod_changed(labels: kopf.Labels, annotations: kopf.Annotations, namespace: str, uid: str, type: str | None,
+                **_: Any) -> None:
     owner = labels.get(builders.JOB_LABEL)
-    # The endpoint learns which run each pod belongs to from this watch, not from a read per report.
-    DIRECTORY.set_pod(uid, namespace, None if type == "DELETED" else owner)
+    # The endpoint learns which run each pod may report for from this watch, not from a read per report.
+    DIRECTORY.set_pod(uid, namespace, None if type == "DELETED" else builders.reporting_run(labels, annotations))
     if owner:
         sync(namespace, owner)
 

@@ -137,7 +137,7 @@ class ProgressEndpoint:
     def __init__(self, reviewer: Reviewer, directory: RunDirectory, writer: StatusWriter,
                  read_pod_run: Callable[[str, str], str | None]) -> None:
         self.reviewer, self.directory, self.writer = reviewer, directory, writer
-        self.read_pod_run = read_pod_run  # (namespace, pod name) -> its run label, for pods not yet watched
+        self.read_pod_run = read_pod_run  # (namespace, pod name) -> the run it may report for, if not yet watched
         self._sequences: dict[tuple[RunKey, str], int] = {}
         self._lock = threading.Lock()
 

@@ -49,9 +49,6 @@ class KubeEvent:
     message: str
 
 
-# The annotation the Job controller puts on each pod of an Indexed Job (a run over several pods).
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-
 def _parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -76,7 +73,7 @@ def _newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _reports(pod: dict[str, Any]) -> bool:
     """Whether the pod runs rank 0, the trainer that reports: any pod of a one-pod run; index 0 of a run over
     several pods (an Indexed Job, whose other pods train only and write no summary)."""
-    return (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX, "0") == "0"
+    return (pod["metadata"].get("annotations") or {}).get(builders.COMPLETION_INDEX, "0") == "0"
 
 
 def termination_summary(pods: list[dict[str, Any]], phase: str) -> TrainerStatus | None:

@@ -257,3 +257,11 @@ def test_a_one_pod_run_has_no_service_and_no_group_settings() -> None:
 def test_several_pods_need_a_shared_output_volume() -> None:
     with pytest.raises(ValueError, match=r"resources\.nodes > 1 needs output\.claimName"):
         _spec(resources={"nodes": 2})
+
+
+def test_only_pod_0_of_a_run_over_several_pods_may_report() -> None:
+    labels = {builders.JOB_LABEL: "demo"}
+    assert builders.reporting_run(labels, None) == "demo"  # a one-pod run
+    assert builders.reporting_run(labels, {builders.COMPLETION_INDEX: "0"}) == "demo"
+    assert builders.reporting_run(labels, {builders.COMPLETION_INDEX: "1"}) is None  # trains only
+    assert builders.reporting_run({}, None) is None
