@@ -71,7 +71,9 @@ def relocate_best(checkpoint: Path) -> None:
     state = json.loads(state_file.read_text())
     if state.get("best_model_checkpoint"):
         state["best_model_checkpoint"] = str(checkpoint.parent / Path(state["best_model_checkpoint"]).name)
-        state_file.write_text(json.dumps(state, indent=2))
+        temporary = state_file.with_name(f".{TRAINER_STATE_NAME}.tmp")  # never a half-written state to read
+        temporary.write_text(json.dumps(state, indent=2))
+        os.replace(temporary, state_file)
 
 
 def finished_state(checkpoint: Path) -> dict[str, Any] | None:

@@ -104,5 +104,6 @@ def summary(stats: dict[str, Any]) -> str:
 def run(ctx: RunContext) -> str:
     ctx.tokenizer, notes = load_tokenizer(ctx.spec.model)
     ctx.data = prepare(ctx.spec, ctx.tokenizer)
-    write_atomically(ctx.layout.dataset_stats, json.dumps(ctx.data.stats, indent=2))
+    if ctx.world.is_main:  # the other workers of a data-parallel run prepare the same data and write nothing
+        write_atomically(ctx.layout.dataset_stats, json.dumps(ctx.data.stats, indent=2))
     return "; ".join([summary(ctx.data.stats), *notes])

@@ -33,8 +33,11 @@ def run(ctx: RunContext) -> str:
     started = time.monotonic()
     mirror = ctx.checkpoint_mirror  # rank 0's (the other workers of a data-parallel run open no destination)
     fetched = mirror.pull() if mirror else None  # a retry on a node without the volume's checkpoints
-    distributed.barrier()  # every worker resumes from what rank 0 found or fetched
-    resume = _resume_point(checkpoints, ctx.fingerprint)
+    # Rank 0 tidies the checkpoints (removes incomplete ones, relocates the best one) before the others read them.
+    resume = _resume_point(checkpoints, ctx.fingerprint) if ctx.world.is_main else None
+    distributed.barrier()
+    if not ctx.world.is_main:
+        resume = resume_point(checkpoints, ctx.fingerprint)
     done = finished_state(resume) if resume else None
     source = f" ({fetched} fetched from {ctx.buckets[0].dest.uri})" if fetched else ""
     if resume and done:
