@@ -178,7 +178,7 @@ def test_sigterm_stops_every_worker_at_one_checkpoint_and_the_rerun_resumes_ther
 def test_a_checkpoint_of_two_workers_resumes_in_one_process(tiny_model: Path, tmp_path: Path) -> None:
     """A retry with another world size (a node lost, fewer GPUs free): the checkpoint holds the whole adapter and
     optimizer (rank 0 saves them), the global batch is the same, so one process carries on from it."""
-    spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 8, "saveSteps": 4, "evalSteps": 1000, "batchSize": 2})
+    spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 40, "saveSteps": 4, "evalSteps": 1000, "batchSize": 2})
     output = tmp_path / "shrunk"
     proc = _run(spec, output, 2, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -196,8 +196,7 @@ def test_a_checkpoint_of_two_workers_resumes_in_one_process(tiny_model: Path, tm
     assert code == EXIT_OK, err[-3000:]
     resumed = [e["message"] for e in _events(output) if e.get("type") == "step" and e["index"] == 4
                and e["state"] == "Completed"][-1]
-    assert f"resumed from checkpoint-{saved}" in resumed, resumed
-    assert json.loads((output / "report.json").read_text())["trainer"]["trainingStep"] == 8
+    assert f"resumed from checkpoint-{saved}" in resumed and resumed.startswith("40 optimizer steps"), resumed
 
 
 def test_a_worker_killed_mid_training_fails_the_group_fast(tiny_model: Path, tmp_path: Path) -> None:
