@@ -264,12 +264,15 @@ def _group_env(name: str, namespace: str, spec: api.LoraTrainingJobSpec) -> list
     ]
 
 
+def runs_rank_0(annotations: dict[str, str] | None) -> bool:
+    """Whether a pod runs global rank 0, the trainer that reports and writes the summary: any pod of a one-pod
+    run; pod 0 of a run over several pods (the others train only)."""
+    return (annotations or {}).get(COMPLETION_INDEX, "0") == "0"
+
+
 def reporting_run(labels: dict[str, str] | None, annotations: dict[str, str] | None) -> str | None:
-    """The run a pod may report progress for: its run label, except for the pods other than index 0 of a run
-    over several pods, which train only (global rank 0, the one that reports, is in pod 0)."""
-    if (annotations or {}).get(COMPLETION_INDEX, "0") != "0":
-        return None
-    return (labels or {}).get(JOB_LABEL)
+    """The run a pod may report progress for: its run label, if it runs rank 0 (``runs_rank_0``)."""
+    return (labels or {}).get(JOB_LABEL) if runs_rank_0(annotations) else None
 
 
 def workers_service(name: str) -> dict[str, Any]:

@@ -70,16 +70,11 @@ def _newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
 
 
-def _reports(pod: dict[str, Any]) -> bool:
-    """Whether the pod runs rank 0, the trainer that reports: any pod of a one-pod run; index 0 of a run over
-    several pods (an Indexed Job, whose other pods train only and write no summary)."""
-    return (pod["metadata"].get("annotations") or {}).get(builders.COMPLETION_INDEX, "0") == "0"
-
-
 def termination_summary(pods: list[dict[str, Any]], phase: str) -> TrainerStatus | None:
     """The trainer's final summary from the newest rank-0 pod that ended in ``phase``, validated like a report
     (anything else in the termination message, such as a log tail, is not a summary)."""
-    ended = [p for p in pods if (p.get("status") or {}).get("phase") == phase and _reports(p)]
+    ended = [p for p in pods if (p.get("status") or {}).get("phase") == phase
+             and builders.runs_rank_0(p["metadata"].get("annotations"))]
     pod = _newest(ended)
     term = _terminated(pod) if pod else None
     text = (term or {}).get("message") or ""

@@ -37,6 +37,7 @@ from lora_contract.wire import (
     MASTER_PORT_ENV,
     NNODES_ENV,
     NODE_RANK_ENV,
+    RENDEZVOUS_PORT,
 )
 from lora_trainer.errors import InvalidInput
 
@@ -144,7 +145,7 @@ class Group:
         if nodes == 1:
             return cls()
         return cls(nodes, int(os.environ[NODE_RANK_ENV]),
-                   f"{os.environ[MASTER_ADDR_ENV]}:{os.environ.get(MASTER_PORT_ENV, '29500')}")
+                   f"{os.environ[MASTER_ADDR_ENV]}:{os.environ.get(MASTER_PORT_ENV, RENDEZVOUS_PORT)}")
 
 
 def launch(nproc: int, argv: list[str], grace_seconds: int, group: Group | None = None) -> int:
