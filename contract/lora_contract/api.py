@@ -743,6 +743,9 @@ class LoraTrainingJobStatus(_Model):
     trainer: TrainerStatus | None = None
     xp: int | None = Field(None, ge=0, description="XP the operator awarded for a Succeeded run (docs/grading.md).")
     job_name: str | None = None
+    group_restarts: int | None = Field(
+        None, ge=0, description="Times the operator restarted a run over several pods as a whole, after one of its "
+        "workers died (each counts against runtime.backoffLimit; docs/trainer.md).")
     start_time: str | None = None
     completion_time: str | None = None
     conditions: list[Condition] = Field(default_factory=list)

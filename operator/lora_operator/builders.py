@@ -392,6 +392,12 @@ def job(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorC
         nodes = spec.resources.nodes
         job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
         pod_spec["subdomain"] = job_name(name)
+        # A worker that died outright (killed, out of memory, a lost node) breaks the group: its peers fail too,
+        # or hang in a collective. Fail the whole Job at once, rather than let the Job replace pods one by one
+        # into a half-dead group; the operator then restarts the group from its newest checkpoint
+        # (status.group_restart).
+        job_spec["podFailurePolicy"]["rules"].append(
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}})
     if spec.runtime.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.runtime.ttl_seconds_after_finished
     return {

@@ -34,6 +34,9 @@ from lora_operator.status import (
     KubeEvent,
     condition_true,
     ephemeral_output,
+    group_action,
+    group_restart_limit,
+    group_restarted,
     parse,
     reconcile_status,
     set_condition,
@@ -249,14 +252,10 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
             builders.job_name(name), namespace, {"spec": {"suspend": suspend}})
         kopf.event(body, type="Normal", reason=R.SUSPENDED if suspend else R.RESUMED,
                    message=f"Job {builders.job_name(name)} {'suspended' if suspend else 'resumed'}")
-    try:
-        frozen = kubernetes.client.CoreV1Api(_client()).read_namespaced_config_map(
-            builders.spec_configmap_name(name), namespace)
-    except ApiException as err:
-        if err.status == 404:  # no run was started (an invalid spec): there is nothing to compare with
-            return
-        raise
-    drift = spec_drift(yaml.safe_load(frozen.data["spec.yaml"]), new)
+    frozen = _frozen_spec(namespace, name)
+    if frozen is None:  # no run was started (an invalid spec): there is nothing to compare with
+        return
+    drift = spec_drift(frozen, new)
     message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
                "applied; create a new LoraTrainingJob to train with them") if drift else \
         "the spec matches the one this run started with again"
@@ -349,6 +348,53 @@ def _list_pods(namespace: str, job: str) -> list[dict[str, Any]]:
         namespace, label_selector=f"{cache.JOB_NAME_LABEL}={job}").items)
 
 
+def _owned(pods: list[dict[str, Any]], job: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The pods of ``job`` itself: a group restart creates a Job of the same name, whose pods the watch may
+    deliver before the old pods' deletions."""
+    if job is None:
+        return pods
+    uid = job["metadata"].get("uid")
+    return [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or ())]
+
+
+def _delete_job(namespace: str, job: str) -> None:
+    """Delete a broken group's Job, its pods first (foreground): the new pods take the old pods' names."""
+    try:
+        kubernetes.client.BatchV1Api(_client()).delete_namespaced_job(
+            job, namespace, propagation_policy="Foreground")
+    except ApiException as err:
+        if err.status != 404:
+            logging.getLogger(__name__).warning("deleting Job %s/%s for a group restart: %s", namespace, job, err)
+
+
+def _create_job_again(run: dict[str, Any]) -> bool:
+    """Create a run's Job again, from the spec it started with (its ConfigMap): a group restart must not apply
+    edits made since. False when it could not (the next sync tries again)."""
+    namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
+    try:
+        spec = api.LoraTrainingJobSpec.model_validate(_frozen_spec(namespace, name))
+        obj = builders.job(name, namespace, spec, CONFIG)
+        kopf.append_owner_reference(obj, owner=run)
+        _create(obj, namespace, run["metadata"]["uid"])
+    except (ApiException, kopf.TemporaryError, ChildRejected, ValidationError) as err:
+        logging.getLogger(__name__).warning("creating Job %s/%s again for a group restart: %s", namespace,
+                                            builders.job_name(name), err)
+        return False
+    return True
+
+
+def _frozen_spec(namespace: str, name: str) -> dict[str, Any] | None:
+    """The spec a run started with, from its ConfigMap; None when it has none (it never started)."""
+    try:
+        frozen = kubernetes.client.CoreV1Api(_client()).read_namespaced_config_map(
+            builders.spec_configmap_name(name), namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return yaml.safe_load(frozen.data["spec.yaml"])
+
+
 def sync(namespace: str, name: str) -> None:
     """Re-derive phase and conditions from the cached Job and its pods and write what changed."""
     with _lock(namespace, name):
@@ -376,13 +422,18 @@ def sync(namespace: str, name: str) -> None:
                     seen, job, pods, now=_now(), generation=obj["metadata"].get("generation"), stall_timeout=stall,
                     queued=bool(spec.get("queueName")),
                     xp_refused=xp_refusal(spec, CONFIG.untrusted_image(spec.get("image"))),
-                    ephemeral_output=ephemeral_output(spec))
+                    ephemeral_output=ephemeral_output(spec), group_restarts=group_restart_limit(spec))
 
-            new, events = derive(pods)
+            new, events = derive(_owned(pods, job))
+            action = group_action(new, job)
+            if action == "delete":
+                _delete_job(namespace, job_name)
+            elif action == "create" and _create_job_again(obj):
+                new = group_restarted(new, _now_s(), obj["metadata"].get("generation"))
             if new.phase in TERMINAL and seen.phase not in TERMINAL:
                 # The final summary is the ended pod's termination message: read it as it is now, since the
                 # pod watch may trail the Job's.
-                new, events = derive(_list_pods(namespace, job_name))
+                new, events = derive(_owned(_list_pods(namespace, job_name), job))
             DIRECTORY.set_run(namespace, name, key[2], new.phase)
             final = new.phase in TERMINAL
             if status_patch(seen, new) or final:  # the report rides along with a write the operator makes anyway

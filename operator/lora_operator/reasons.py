@@ -16,6 +16,7 @@ QUALITY_REGRESSED = "QualityRegressed"
 SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
 XP_AWARDED = "XPAwarded"
 ARTIFACTS_EPHEMERAL = "ArtifactsEphemeral"
+GROUP_RESTARTING = "GroupRestarting"
 
 # Where a run is (``status.observe``).
 JOB_NOT_CREATED = "JobNotCreated"
@@ -34,6 +35,9 @@ POD_PENDING = "PodPending"
 JOB_REMOVED = "JobRemoved"
 JOB_DELETED = "JobDeleted"
 INVALID_SPEC = "InvalidSpec"
+# GroupRestarting (a run over several pods).
+WORKER_DIED = "WorkerDied"
+GROUP_RESTARTED = "GroupRestarted"
 
 # Stalled, QualityRegressed, SpecChangeIgnored, XPAwarded, ArtifactsEphemeral.
 NO_PROGRESS = "NoProgress"

@@ -25,7 +25,7 @@ from lora_contract.api import (
     Phase,
     TrainerStatus,
 )
-from lora_contract.wire import EXIT_INTERRUPTED
+from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT
 from lora_contract.xp import xp_for
 from lora_operator import builders
 from lora_operator import reasons as R
@@ -272,6 +272,54 @@ def job_gone(status: LoraTrainingJobStatus) -> Observation:
                        "LoraTrainingJob to train again")
 
 
+def _group_broke(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> bool:
+    """The Job of a run over several pods failed by the rule for a worker that died (builders.job), not for
+    invalid input (exit code 2, which every retry would repeat)."""
+    cond = _true_conditions(job or {}).get("Failed")
+    return bool(cond) and cond.get("reason") == "PodFailurePolicy" and not any(
+        (_terminated(p) or {}).get("exitCode") == EXIT_INVALID_INPUT for p in pods)
+
+
+def _restart_group(new: LoraTrainingJobStatus, obs: Observation, limit: int, now_s: str,
+                   generation: int | None) -> tuple[Observation, list[KubeEvent]]:
+    """A broken group (``_group_broke``): start a restart while ``limit`` allows, else fail saying so."""
+    done = new.group_restarts or 0
+    if done >= limit:
+        return Observation("Failed", obs.reason, f"{obs.message}; the group was restarted {done} times "
+                           "(runtime.backoffLimit)"), []
+    new.group_restarts = done + 1
+    message = f"restart {done + 1} of {limit}, from the newest checkpoint: {obs.message}"
+    new.conditions = set_condition(new.conditions, R.GROUP_RESTARTING, "True", R.WORKER_DIED, message, now_s,
+                                   generation)
+    return Observation("Running", R.GROUP_RESTARTING, message), [KubeEvent("Warning", R.GROUP_RESTARTING, message)]
+
+
+def group_restart_limit(spec: dict[str, Any]) -> int:
+    """How often a run over several pods may be restarted as a whole: its backoffLimit (0 for one pod)."""
+    parsed = LoraTrainingJobSpec.model_construct()  # the defaults, without validating the whole spec
+    nodes = (spec.get("resources") or {}).get("nodes") or parsed.resources.nodes
+    limit = (spec.get("runtime") or {}).get("backoffLimit")
+    return (parsed.runtime.backoff_limit if limit is None else int(limit)) if nodes > 1 else 0
+
+
+def group_action(status: LoraTrainingJobStatus, job: dict[str, Any] | None) -> str | None:
+    """What the operator must do for a group restart under way (condition GroupRestarting): ``delete`` the
+    failed Job (its pods first: the new pods take their names), ``create`` the Job again once it is gone,
+    or nothing (no restart, or the deletion is in progress)."""
+    if not condition_true(status, R.GROUP_RESTARTING):
+        return None
+    if job is None:
+        return "create"
+    return None if job["metadata"].get("deletionTimestamp") else "delete"
+
+
+def group_restarted(status: LoraTrainingJobStatus, now_s: str, generation: int | None) -> LoraTrainingJobStatus:
+    """The status once the operator has created the group's Job again."""
+    message = f"the group was restarted as a whole ({status.group_restarts} times)"
+    return status.model_copy(update={"message": f"{message}; waiting for its pods", "conditions": set_condition(
+        status.conditions, R.GROUP_RESTARTING, "False", R.GROUP_RESTARTED, message, now_s, generation)})
+
+
 def ephemeral_output(spec: dict[str, Any]) -> bool:
     """Whether a run's results die with its pod: neither output.claimName nor output.destinations."""
     output = spec.get("output") or {}
@@ -324,21 +372,31 @@ def reconcile_status(
     queued: bool = False,
     xp_refused: tuple[str, str] | None = None,
     ephemeral_output: bool = False,
+    group_restarts: int = 0,
 ) -> tuple[LoraTrainingJobStatus, list[KubeEvent]]:
     """The new status and the events for one look at the world (``status`` is not modified).
 
     ``xp_refused`` (``xp_refusal``) says why the run earns no XP whatever it reports; ``ephemeral_output``, that
-    its results have nowhere to go but the pod's emptyDir (``OutputSpec.persistent``)."""
+    its results have nowhere to go but the pod's emptyDir (``OutputSpec.persistent``); ``group_restarts``, how
+    often a run over several pods may be restarted as a whole after a worker died (0: not such a run)."""
     now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     old_phase = status.phase
     new = status.model_copy(deep=True)
-    obs = job_gone(status) if job is None and status.job_name and old_phase not in TERMINAL \
-        else observe(job, pods, queued)
+    events: list[KubeEvent] = []
+    restarting = next((c for c in status.conditions if c.type == R.GROUP_RESTARTING and c.status == "True"), None)
+    if restarting is not None and old_phase not in TERMINAL:
+        # The failed group's Job is being deleted or created again (group_action): no news about the run.
+        obs: Observation | None = Observation("Running", R.GROUP_RESTARTING, restarting.message)
+    elif job is None and status.job_name and old_phase not in TERMINAL:
+        obs = job_gone(status)
+    else:
+        obs = observe(job, pods, queued)
+        if obs is not None and obs.phase == "Failed" and group_restarts and _group_broke(job, pods):
+            obs, events = _restart_group(new, obs, group_restarts, now_s, generation)
     if old_phase in TERMINAL or obs is None:  # a finished run never changes phase again; no news changes nothing
         ready = next((c for c in status.conditions if c.type == R.READY), None)
         kept = old_phase or "Pending"
         obs = Observation(kept, ready.reason if ready else kept, status.message or "")
-    events: list[KubeEvent] = []
 
     if new.trainer is None:
         new.trainer = progress.initial_status()

@@ -228,16 +228,26 @@ def test_pods_deleted_and_drained_mid_training_save_at_sigterm_and_the_retry_res
 
 
 
+def _workers(host_pid: int) -> list[int]:
+    """The host pids of a launcher's worker processes (its children: torchrun's workers)."""
+    children = Path(f"/proc/{host_pid}/task/{host_pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
 @pytest.mark.e2e
-def test_a_run_over_two_pods_meets_through_its_service_and_a_deleted_pod_restarts_the_group(
-        rk, operator_release, real_namespace):
+def test_a_run_over_two_pods_meets_through_its_service_and_restarts_as_a_group_after_a_delete_and_a_kill(
+        rk, real_cluster, operator_release, real_namespace):
     """resources.nodes: 2 is an Indexed Job of two pods behind a headless Service: the pod of index 1 finds rank 0's
-    at <job>-0.<job> (CoreDNS, the pod network) and the two train as one group. Deleting the index-1 pod
-    mid-training stops both at one agreed checkpoint (its SIGTERM reaches one pod; the stop is agreed by every
-    worker), the Job replaces both, and the new group resumes there and succeeds, with rank 0's progress only."""
+    at <job>-0.<job> (CoreDNS, the pod network) and the two train as one group.
+    1. Deleting the index-1 pod mid-training stops both at one agreed checkpoint (its SIGTERM reaches one pod; the
+       stop is agreed by every worker), the Job replaces both, and the new group resumes there.
+    2. Then a worker of the new index-1 pod is killed outright (SIGKILL, as an OOM kill would): its pod exits 1, the
+       Job's pod-failure policy fails the Job, and the operator restarts the group as a whole (a new Job, counted
+       in status.groupRestarts), which resumes from the newest checkpoint and succeeds, with rank 0's progress
+       only."""
     volume = _claim(rk, real_namespace, "group-out")
     run = _run("group", "group-out", resources={"gpu": 0, "nodes": 2, "cpu": "500m", "memory": "3Gi"})
-    run["spec"]["lora"].update({"maxSteps": 12, "saveSteps": 4, "evalSteps": 4})
+    run["spec"]["lora"].update({"maxSteps": 16, "saveSteps": 4, "evalSteps": 4})
     rk.apply(run, real_namespace)
     run_dir = volume / real_namespace / "group"
     wait_for("a complete checkpoint on the PVC", lambda: complete_checkpoints(run_dir), timeout=900, interval=1)
@@ -246,22 +256,45 @@ def test_a_run_over_two_pods_meets_through_its_service_and_a_deleted_pod_restart
     pods = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p
             for p in _pods(rk, real_namespace, "group")}
     assert sorted(pods) == ["0", "1"] and pods["1"]["spec"]["hostname"] == "group-train-1"
-    first = {p["metadata"]["uid"] for p in pods.values()}
+    first_job = rk.get("job", "group-train", real_namespace)["metadata"]["uid"]
     rk("delete", "pod", pods["1"]["metadata"]["name"], "-n", real_namespace, "--wait=false")
-    status = wait_for("the run to end", lambda: (s := rk.status(real_namespace, "group")).get("phase")
-                      in ("Succeeded", "Failed") and s, timeout=1200, interval=2)
-    assert status["phase"] == "Succeeded", status.get("message")
-    training = next(s for s in status["trainer"]["steps"] if s["name"] == "training")
-    assert "x 2 processes" in next(s for s in status["trainer"]["steps"] if s["name"] == "training-config")["message"]
-    assert "resumed from checkpoint-" in training["message"], training
+    pod_0 = pods["0"]["metadata"]["uid"]
+    ended = wait_for("pod 0 of the first group ended", lambda: next((
+        p for p in _pods(rk, real_namespace, "group") if p["metadata"]["uid"] == pod_0
+        and p["status"].get("phase") in ("Succeeded", "Failed")), None), timeout=300, interval=1)
+    stopped_at = complete_checkpoints(run_dir)[-1]
+    # Pod 0 was not deleted: it stopped itself at the agreed checkpoint (143, which the Job ignores).
+    assert ended["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143, ended["status"]
     job = rk.get("job", "group-train", real_namespace)
     assert (job["status"].get("failed") or 0) == 0, job["status"]  # both stopped at the checkpoint: a disruption
-    after = _pods(rk, real_namespace, "group")
-    finished = {p["metadata"]["uid"] for p in after if p["status"]["phase"] == "Succeeded"}
-    assert len(finished) == 2 and not finished & first, "the group was not restarted as a whole"
-    # Pod 0 was not deleted: it stopped itself at the agreed checkpoint (143, which the Job ignores).
-    stopped = [p for p in after if p["metadata"]["uid"] in first]
-    assert [p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in stopped] == [143], stopped
+
+    wait_for("the second group training past its resumed step", lambda: (
+        rk.status(real_namespace, "group").get("trainer") or {}).get("trainingStep", 0) > stopped_at,
+        timeout=900, interval=1)
+    second = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p
+              for p in _pods(rk, real_namespace, "group") if p["status"].get("phase") == "Running"}
+    launcher = _host_pid(real_cluster, second["1"])
+    killed = _workers(launcher)
+    assert killed, "the index-1 pod's launcher has no worker"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    status = wait_for("the run to end", lambda: (s := rk.status(real_namespace, "group")).get("phase")
+                      in ("Succeeded", "Failed") and s, timeout=1500, interval=2)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["groupRestarts"] == 1, status
+    restarted = next(c for c in status["conditions"] if c["type"] == "GroupRestarting")
+    assert (restarted["status"], restarted["reason"]) == ("False", "GroupRestarted"), restarted
+    assert "x 2 processes" in next(s for s in status["trainer"]["steps"] if s["name"] == "training-config")["message"]
+    training = next(s for s in status["trainer"]["steps"] if s["name"] == "training")
+    assert "resumed from checkpoint-" in training["message"], training
+    job = rk.get("job", "group-train", real_namespace)
+    assert job["metadata"]["uid"] != first_job and (job["status"].get("failed") or 0) == 0, job["status"]
+    finished = [p for p in _pods(rk, real_namespace, "group") if p["status"]["phase"] == "Succeeded"]
+    assert len(finished) == 2 and not {p["metadata"]["uid"] for p in finished} & {
+        p["metadata"]["uid"] for p in second.values()}, "the group was not restarted as a whole"
+    reasons = [e["reason"] for e in yaml.safe_load(rk("get", "events", "-n", real_namespace, "--field-selector",
+                                                      "involvedObject.name=group", "-o", "yaml"))["items"]]
+    assert "GroupRestarting" in reasons, reasons
     assert status["xp"] > 0
 
 

@@ -244,6 +244,12 @@ def test_a_run_over_several_pods_is_an_indexed_job_behind_a_headless_service() -
     assert service["metadata"]["name"] == pod["subdomain"]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": "demo-train"}
+    # A worker that died (any other exit) fails the whole Job, for the operator to restart the group; the
+    # rules before it still come first (invalid input fails, a stop at SIGTERM and a disruption are ignored).
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[:-1] == builders.job("demo", "ns", _spec(), CFG)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[-1] == {"action": "FailJob",
+                         "onExitCodes": {"containerName": "trainer", "operator": "NotIn", "values": [0]}}
 
 
 def test_a_one_pod_run_has_no_service_and_no_group_settings() -> None:

@@ -8,6 +8,9 @@ from lora_contract.api import Condition, GradeScores, TrainerStatus
 from lora_contract.xp import award_xp
 from lora_operator.status import (
     ephemeral_output,
+    group_action,
+    group_restart_limit,
+    group_restarted,
     merge_summary,
     observe,
     parse,
@@ -371,3 +374,51 @@ def test_a_run_whose_results_die_with_its_pod_gets_a_warning_condition_once() ->
     assert "conditions" not in again and not [e for e in events if e.reason == "ArtifactsEphemeral"]
     patch, _ = _reconcile({}, None, [])
     assert all(c["type"] != "ArtifactsEphemeral" for c in patch["conditions"])
+
+
+def test_a_group_whose_worker_died_is_restarted_as_a_whole_until_backoff_limit_then_fails() -> None:
+    """A run over several pods: its Job failed by the rule for a dead worker (exit code 1) is deleted and created
+    again, counted in groupRestarts, at most backoffLimit times; the run stays Running meanwhile."""
+    died = _pod("Failed", name="demo-train-1-x", terminated={"exitCode": 1, "reason": "Error", "message": "boom"})
+    broken = _job([{"type": "Failed", "reason": "PodFailurePolicy",
+                    "message": "Container trainer for pod ns/demo-train-1-x failed with exit code 1"}])
+    running = {"phase": "Running", "jobName": "demo-train", "trainer": _trainer()}
+    patch, events = _reconcile(running, broken, [died], group_restarts=2)
+    assert patch["groupRestarts"] == 1 and "phase" not in patch, patch
+    cond = next(c for c in patch["conditions"] if c["type"] == "GroupRestarting")
+    assert (cond["status"], cond["reason"]) == ("True", "WorkerDied")
+    assert "restart 1 of 2" in cond["message"] and "exit code 1" in cond["message"] and "boom" in cond["message"]
+    assert [(e.type, e.reason) for e in events] == [("Warning", "GroupRestarting")]
+    restarting = parse({**running, **patch})
+    assert group_action(restarting, broken) == "delete"
+    deleting = {**broken, "metadata": {**broken["metadata"], "deletionTimestamp": "2026-01-01T12:00:01Z"}}
+    assert group_action(restarting, deleting) is None
+    # While the old Job is deleted and when it is gone, nothing about the run changes, and no Job gone is a failure.
+    for job in (deleting, None):
+        again, events = _reconcile({**running, **patch}, job, [])
+        assert "phase" not in again and events == [], again
+    assert group_action(restarting, None) == "create"
+    created = group_restarted(restarting, "2026-01-01T12:01:00Z", 1)
+    assert group_action(created, None) is None and not any(
+        c.type == "GroupRestarting" and c.status == "True" for c in created.conditions)
+    # The next break is the second restart; the third fails the run, saying why.
+    status = progress.dump_status(created.trainer)
+    second, _ = _reconcile({**running, "groupRestarts": 1, "trainer": status}, broken, [died], group_restarts=2)
+    assert second["groupRestarts"] == 2
+    final, events = _reconcile({**running, "groupRestarts": 2, "trainer": status}, broken, [died], group_restarts=2)
+    assert final["phase"] == "Failed" and "restarted 2 times" in final["message"], final
+    assert "groupRestarts" not in final and [e.reason for e in events] == ["Failed"]
+
+
+def test_invalid_input_and_one_pod_runs_are_never_restarted_as_a_group() -> None:
+    invalid = _pod("Failed", terminated={"exitCode": 2, "reason": "Error"})
+    job = _job([{"type": "Failed", "reason": "PodFailurePolicy", "message": "exit code 2"}])
+    running = {"phase": "Running", "jobName": "demo-train"}
+    assert _reconcile(running, job, [invalid], group_restarts=2)[0]["phase"] == "Failed"
+    died = _pod("Failed", terminated={"exitCode": 1, "reason": "Error"})
+    assert _reconcile(running, job, [died])[0]["phase"] == "Failed"  # one pod: the Job's own retries
+    deadline = _job([{"type": "Failed", "reason": "DeadlineExceeded"}])
+    assert _reconcile(running, deadline, [died], group_restarts=2)[0]["phase"] == "Failed"
+    assert group_restart_limit({"resources": {"nodes": 2}}) == 2
+    assert group_restart_limit({"resources": {"nodes": 3}, "runtime": {"backoffLimit": 0}}) == 0
+    assert group_restart_limit({"runtime": {"backoffLimit": 5}}) == 0
