@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -16,12 +18,19 @@ from transformers.trainer_callback import PrinterCallback
 
 from lora_trainer import distributed
 from lora_trainer.callbacks import ProgressCallback
-from lora_trainer.checkpoints import finished_state, relocate_best, resume_point
+from lora_trainer.checkpoints import MARKER, finished_state, relocate_best, resume_point
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.events import format_duration
 from lora_trainer.loss import LabelledLogitsTrainer
-from lora_trainer.memory_ladder import is_out_of_memory, use_less_memory
+from lora_trainer.memory_ladder import (
+    SETTINGS,
+    apply_plan,
+    is_out_of_memory,
+    load_plan,
+    save_plan,
+    use_less_memory,
+)
 from lora_trainer.modeling import release_memory
 
 
@@ -29,7 +38,6 @@ def run(ctx: RunContext) -> str:
     plan, model = ctx.training_plan, ctx.lora_model
     initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     checkpoints = Path(plan.args.output_dir)
-    adjustments: list[str] = []
     started = time.monotonic()
     mirror = ctx.checkpoint_mirror  # rank 0's (the other workers of a data-parallel run open no destination)
     fetched = mirror.pull() if mirror else None  # a retry on a node without the volume's checkpoints
@@ -42,9 +50,13 @@ def run(ctx: RunContext) -> str:
     source = f" ({fetched} fetched from {ctx.buckets[0].dest.uri})" if fetched else ""
     if resume and done:
         return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end) + source
+    # A data-parallel group that ran out of memory left its next rung: every worker applies it, and so does a
+    # retry in one process (a group that shrank).
+    saved = load_plan(checkpoints, ctx.fingerprint)
+    adjustments = apply_plan(plan.args, saved) if saved else []
+    if adjustments:
+        ctx.note("training", "out of GPU memory in an earlier attempt, adjusted: " + "; ".join(adjustments))
     while True:
-        if adjustments and not resume:  # the failed attempt already moved the weights: start from the initial ones
-            set_peft_model_state_dict(model, initial)
         trainer = LabelledLogitsTrainer(
             model=model, args=plan.args, train_dataset=plan.train_rows,
             eval_dataset=plan.eval_rows or None, data_collator=plan.collator, processing_class=ctx.tokenizer,
@@ -58,18 +70,22 @@ def run(ctx: RunContext) -> str:
             break
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
+                peer = load_plan(checkpoints, ctx.fingerprint) if ctx.world.distributed else None
+                if peer is not None and peer != saved:  # a peer ran out, wrote its plan and left our collective
+                    raise StepError(peer["message"]) from err
                 raise
+            if ctx.world.distributed:
+                raise _stop_the_group(ctx, checkpoints, adjustments) from err
             del trainer
             model.zero_grad(set_to_none=True)
             release_memory()
             change = use_less_memory(plan.args)
             if change is None:
-                raise StepError(
-                    "out of GPU memory even at batch 1 with activation checkpointing "
-                    f"({'; '.join(adjustments)}): set model.quantization: 4bit, lower lora.maxLength, "
-                    "or request a GPU with more memory") from err
+                raise StepError(_nothing_left(adjustments)) from err
             adjustments.append(change)
             resume = _resume_point(checkpoints, ctx.fingerprint)
+            if not resume:  # the failed attempt may have taken optimizer steps: start from the initial weights
+                set_peft_model_state_dict(model, initial)
             note = f"out of GPU memory: {change}; continuing from {resume.name if resume else 'the start'}"
             print(f"lora-trainer: {note} ({err})", file=sys.stderr)
             ctx.note("training", note)
@@ -81,6 +97,45 @@ def run(ctx: RunContext) -> str:
         parts.append("out of GPU memory, adjusted: " + "; ".join(adjustments))
     best = state.best_model_checkpoint if plan.args.load_best_model_at_end else None
     return "; ".join(parts + _curves(state.log_history, best, f" (mean {result.training_loss:.4f})"))
+
+
+def _nothing_left(adjustments: list[str]) -> str:
+    """The ladder's end, worded alike for one process and for a data-parallel group."""
+    return ("out of GPU memory even at batch 1 with activation checkpointing "
+            f"({'; '.join(adjustments)}): set model.quantization: 4bit, lower lora.maxLength, "
+            "or request a GPU with more memory")
+
+
+def _stop_the_group(ctx: RunContext, checkpoints: Path, adjustments: list[str]) -> StepError:
+    """Out of memory in a data-parallel worker: the others wait for it in a collective, so it cannot retry
+    alone. It saves the next rung as the plan of the group's retry (the Job's, or the operator's group
+    restart) and fails with exit code 1; the message goes into the plan too, so that rank 0, whose collective
+    breaks when this worker exits, reports it as the run's failure."""
+    settings = SimpleNamespace(**{name: getattr(ctx.training_plan.args, name) for name in SETTINGS})
+    change = use_less_memory(settings)
+    if change is None:
+        message = _nothing_left(adjustments)
+    else:
+        adjustments = [*adjustments, change]
+        message = (f"out of GPU memory on worker rank {ctx.world.rank}: the group stops; its retry resumes from "
+                   f"{_newest_complete(checkpoints)} with {_describe(settings)}")
+    save_plan(checkpoints, ctx.fingerprint, settings, adjustments, message, ctx.world.rank)
+    print(f"lora-trainer: {message}", file=sys.stderr)  # this worker's log: only rank 0 reports
+    return StepError(message)
+
+
+def _describe(settings: Any) -> str:
+    checkpointing = " and activation checkpointing" if settings.activation_checkpointing else ""
+    return (f"batch {settings.per_device_train_batch_size} x accumulation "
+            f"{settings.gradient_accumulation_steps}{checkpointing}")
+
+
+def _newest_complete(checkpoints: Path) -> str:
+    """Where the retry resumes, looked up without ``resume_point``'s tidying: a worker other than rank 0 must
+    not remove the checkpoint whose marker rank 0 may be writing right now."""
+    steps = [int(step) for marker in checkpoints.glob(f"checkpoint-*/{MARKER}")
+             if (step := marker.parent.name.removeprefix("checkpoint-")).isdigit()]
+    return f"checkpoint-{max(steps)}" if steps else "the start"
 
 
 def _resume_point(checkpoints: Path, fingerprint: str) -> Path | None:
