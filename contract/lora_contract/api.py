@@ -441,6 +441,7 @@ SHARED_OUTPUT_MESSAGE = ("resources.nodes > 1 needs output.claimName: a volume e
                          "across nodes), where rank 0 writes the checkpoints every pod resumes from")
 S3_PREFIX_MESSAGE = "destinations: an s3:// uri's prefix must not contain '.' or '..' segments"
 S3_ONLY_MESSAGE = "destinations: endpoint is for s3:// and hf:// destinations, region for s3:// only"
+MODEL_REQUIRED_MESSAGE = "model is required unless minion names a Minion whose model the run inherits"
 OCI_ONLY_MESSAGE = "destinations: plainHttp is for oci:// destinations"
 REGION = r"^[a-z0-9-]{1,32}$"
 
@@ -555,10 +556,16 @@ class LoraTrainingJobSpec(_Model):
                     "self.volumes.exists_one(w, w.mountPath == v.mountPath))",
             "message": UNIQUE_VOLUMES_MESSAGE},
             {"rule": "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes == 1 || "
-                     "(has(self.output) && has(self.output.claimName))", "message": SHARED_OUTPUT_MESSAGE}]}
+                     "(has(self.output) && has(self.output.claimName))", "message": SHARED_OUTPUT_MESSAGE},
+            {"rule": "has(self.model) || has(self.minion)", "message": MODEL_REQUIRED_MESSAGE}]}
     )
 
-    model: ModelSpec
+    model: ModelSpec | None = Field(None, description="The base model. Required, unless spec.minion names a "
+                                    "Minion: the run then inherits the minion's.")
+    minion: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN, description="The Minion (same "
+                               "namespace) this run trains: it inherits the minion's model and LoRA settings, "
+                               "waits until the minion exists, and its XP is credited to it once "
+                               "(docs/minions.md).")
     datasets: list[DatasetSource] = Field(min_length=1, max_length=32, description="Training data sources.")
     data: DataRefinement = Field(default_factory=DataRefinement)
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -583,6 +590,8 @@ class LoraTrainingJobSpec(_Model):
             raise ValueError(UNIQUE_VOLUMES_MESSAGE)
         if self.resources.nodes > 1 and not self.output.claim_name:
             raise ValueError(SHARED_OUTPUT_MESSAGE)
+        if self.model is None and self.minion is None:
+            raise ValueError(MODEL_REQUIRED_MESSAGE)
         return self
 
 
@@ -735,6 +744,15 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+class Credit(_Model):
+    """What the operator credited to the run's minion: recorded on the run too, so a run stays credited once
+    even after the minion's ledger has summed it into its earlier runs."""
+
+    minion: str = Field(max_length=253)
+    xp: int = Field(ge=0)
+    time: Timestamp
+
+
 class LoraTrainingJobStatus(_Model):
     """Written by the operator only. ``trainer`` holds the trainer's reports; the rest is the operator's."""
 
@@ -743,6 +761,8 @@ class LoraTrainingJobStatus(_Model):
     trainer: TrainerStatus | None = None
     xp: int | None = Field(None, ge=0, description="XP the operator awarded for a Succeeded run (docs/grading.md).")
     job_name: str | None = None
+    credited: Credit | None = Field(None, description="The credit of this finished run to its minion "
+                                    "(spec.minion), once the minion's ledger holds it.")
     group_restarts: int | None = Field(
         None, ge=0, description="Times the operator restarted a run over several pods as a whole, after one of its "
         "workers died (each counts against runtime.backoffLimit; docs/trainer.md).")

@@ -10,15 +10,14 @@ rewrites it and ``tests/unit/test_crd.py`` fails when the committed file drifts.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lora_contract import api
+from lora_contract import api, minion
 from lora_operator import builders
-
-CRD_FILE = f"{api.GROUP}_{api.PLURAL}.yaml"
 
 _DROP = {"title", "examples"}
 
@@ -80,8 +79,8 @@ def openapi_schema(model: type[api.BaseModel]) -> dict[str, Any]:
     return _convert(raw, defs)
 
 
-def _status_schema() -> dict[str, Any]:
-    schema = openapi_schema(api.LoraTrainingJobStatus)
+def _status_schema(model: type[api.BaseModel]) -> dict[str, Any]:
+    schema = openapi_schema(model)
     # Status is written by the operator only, never by users: defaults would
     # only make empty lists appear on objects that have not started.
     def strip_defaults(node: Any) -> None:
@@ -99,6 +98,25 @@ def _status_schema() -> dict[str, Any]:
     return schema
 
 
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource kind of the API group, as its CRD needs it."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: list[str]
+    description: str
+    spec: type[api.BaseModel]
+    status: type[api.BaseModel]
+    columns: list[dict[str, Any]]
+    validations: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def file(self) -> str:
+        return f"{api.GROUP}_{self.plural}.yaml"
+
+
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Step", "type": "string", "jsonPath": ".status.trainer.stepSummary"},
@@ -109,24 +127,61 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Job", "type": "string", "priority": 1, "jsonPath": ".status.jobName"},
     {"name": "Adapter", "type": "string", "priority": 1, "jsonPath": ".status.trainer.artifacts.adapterUri"},
+    {"name": "Minion", "type": "string", "priority": 1, "jsonPath": ".spec.minion"},
 ]
 
+RUNS = Kind(
+    api.KIND, api.PLURAL, api.SINGULAR, api.SHORT_NAMES,
+    "Fine-tunes a causal LLM with LoRA and reports progress, before/after quality metrics and XP in its status.",
+    api.LoraTrainingJobSpec, api.LoraTrainingJobStatus, PRINTER_COLUMNS,
+    [{"rule": f"size(self.metadata.name) <= {builders.MAX_NAME_LENGTH}",
+      "message": f"metadata.name must be at most {builders.MAX_NAME_LENGTH} characters: the trainer Job and its "
+                 "pod labels derive from it"}])
+MINIONS = Kind(
+    minion.KIND, minion.PLURAL, minion.SINGULAR, minion.SHORT_NAMES,
+    "A minion: the XP of the LoraTrainingJobs that name it adds up to levels, and it serves the adapter of its "
+    "newest good run.", minion.MinionSpec, minion.MinionStatus,
+    [{"name": "Level", "type": "integer", "jsonPath": ".status.level"},
+     {"name": "XP", "type": "integer", "jsonPath": ".status.xp"},
+     {"name": "Runs", "type": "integer", "jsonPath": ".status.runs"},
+     {"name": "Adapter", "type": "string", "jsonPath": ".status.adapter.uri"},
+     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+     {"name": "Next", "type": "integer", "priority": 1, "jsonPath": ".status.nextLevelXp",
+      "description": "Total XP of the next level"},
+     {"name": "Display", "type": "string", "priority": 1, "jsonPath": ".spec.displayName"}])
+KINDS = (RUNS, MINIONS)
+CRD_FILE = RUNS.file
 
-def build_crd() -> dict[str, Any]:
-    spec_schema = openapi_schema(api.LoraTrainingJobSpec)
-    spec_schema["description"] = (api.LoraTrainingJobSpec.__doc__ or "").strip()
+
+def build_crd(kind: Kind = RUNS) -> dict[str, Any]:
+    spec_schema = openapi_schema(kind.spec)
+    spec_schema["description"] = (kind.spec.__doc__ or "").strip()
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": kind.description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": _status_schema(kind.status),
+        },
+    }
+    if kind.validations:
+        root["x-kubernetes-validations"] = kind.validations
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
+        "metadata": {"name": f"{kind.plural}.{api.GROUP}"},
         "spec": {
             "group": api.GROUP,
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": api.SHORT_NAMES,
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": kind.short_names,
                 "categories": ["all", "lora"],
             },
             "scope": "Namespaced",
@@ -136,38 +191,18 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "Fine-tunes a causal LLM with LoRA and reports progress, "
-                            "before/after quality metrics and XP in its status.",
-                            "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                {
-                                    "rule": f"size(self.metadata.name) <= {builders.MAX_NAME_LENGTH}",
-                                    "message": f"metadata.name must be at most {builders.MAX_NAME_LENGTH} "
-                                    "characters: the trainer Job and its pod labels derive from it",
-                                }
-                            ],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": _status_schema(),
-                            },
-                        }
-                    },
+                    "additionalPrinterColumns": kind.columns,
+                    "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
     }
 
 
-def render() -> str:
-    header = "# Generated by `python -m lora_operator.crd` from lora_contract/api.py. Do not edit.\n"
-    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+def render(kind: Kind = RUNS) -> str:
+    source = "lora_contract/api.py" if kind is RUNS else "lora_contract/minion.py"
+    header = f"# Generated by `python -m lora_operator.crd` from {source}. Do not edit.\n"
+    return header + yaml.safe_dump(build_crd(kind), sort_keys=False, width=100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     root = Path(__file__).resolve().parents[2]
     out_dirs = [Path(a) for a in args] or [root / "crds", root / "charts" / "lora-operator" / "crds"]
-    text = render()
     for out_dir in out_dirs:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / CRD_FILE).write_text(text)
-        print(out_dir / CRD_FILE)
+        for kind in KINDS:
+            (out_dir / kind.file).write_text(render(kind))
+            print(out_dir / kind.file)
     return 0
 
 

@@ -24,11 +24,13 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from lora_contract import api
-from lora_contract.api import LoraTrainingJobStatus, TrainerStatus
+from lora_contract import api, minion
+from lora_contract.api import Credit, LoraTrainingJobStatus, TrainerStatus
 from lora_contract.validation import describe_validation_error
-from lora_operator import builders, cache, progress_server
+from lora_operator import builders, cache, minions, progress_server
 from lora_operator import reasons as R
+from lora_operator.minion_controller import MinionController, MinionGone
+from lora_operator.minions import ModelMismatch, ledger_entry
 from lora_operator.status import (
     TERMINAL,
     KubeEvent,
@@ -50,6 +52,9 @@ CONFIG = builders.OperatorConfig.from_env()
 # How often each live run's status is re-derived even without Job/Pod events (Stalled).
 SYNC_INTERVAL = float(os.environ.get("LORA_SYNC_INTERVAL_SECONDS", "30"))
 _CHILD_SELECTOR = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
+# How often a run waiting for its minion looks again, and a finished run's credit is tried.
+MINION_WAIT_SECONDS = float(os.environ.get("LORA_MINION_WAIT_SECONDS", "10"))
+CREDIT_INTERVAL = float(os.environ.get("LORA_CREDIT_INTERVAL_SECONDS", "5"))
 PROGRESS_PORT = int(os.environ.get("LORA_PROGRESS_PORT", "8443"))
 TLS_DIR = Path(os.environ.get("LORA_PROGRESS_TLS_DIR", builders.DEFAULT_TLS_DIR))
 DIRECTORY = progress_server.RunDirectory()
@@ -99,6 +104,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, run_object
     endpoint = progress_server.ProgressEndpoint(progress_server.Reviewer(_token_review), DIRECTORY, WRITER,
                                                 _read_pod_run)
     memo.endpoint = endpoint
+    memo.minions = MinionController(_custom, _now_s)
     memo.runner = await progress_server.serve(endpoint, PROGRESS_PORT, context)
     memo.certificate = asyncio.create_task(progress_server.keep_certificate_fresh(context, TLS_DIR))
 
@@ -207,19 +213,22 @@ def _read(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
 @kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
 @kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
 def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: kopf.Status,
-          meta: kopf.Meta, logger: logging.Logger, **_: Any) -> None:
+          meta: kopf.Meta, logger: logging.Logger, memo: kopf.Memo, **_: Any) -> None:
     """Validate the spec and create the run's children (idempotent)."""
     if status.get("phase") in TERMINAL:
         return
     try:
-        parsed = api.LoraTrainingJobSpec.model_validate(dict(spec))
+        raw = dict(spec)
+        if raw.get("minion") and not status.get("jobName"):  # not started yet: it trains the minion's model
+            raw = _inherit(memo.minions, body, namespace, raw)
+        parsed = api.LoraTrainingJobSpec.model_validate(raw)
         for obj in builders.children(name, namespace, parsed, CONFIG):
             if obj["kind"] == "Job" and status.get("jobName"):
                 continue  # created before: never again, even if it is gone (status.job_gone)
             kopf.append_owner_reference(obj, owner=body)
             kopf.adjust_namespace(obj, namespace=namespace)
             _create(obj, namespace, meta["uid"])
-    except (ValidationError, ChildRejected) as err:
+    except (ValidationError, ChildRejected, ModelMismatch) as err:
         message = describe_validation_error(err) if isinstance(err, ValidationError) else str(err)
         DIRECTORY.set_run(namespace, name, meta["uid"], "Failed")
         _change_status(namespace, name, meta["uid"], lambda old: old.model_copy(update={
@@ -235,9 +244,30 @@ def start(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: k
     sync(namespace, name)
 
 
+def _inherit(controller: MinionController, body: kopf.Body, namespace: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The spec a run for a minion trains with (``minions.inherit``); while its minion does not exist, the run
+    waits in Pending, saying so, and ``start`` is retried."""
+    name, uid, wanted = body["metadata"]["name"], body["metadata"]["uid"], raw["minion"]
+    found = controller.spec(namespace, wanted)
+    if found is not None:
+        return minions.inherit(wanted, found, raw)
+    message = (f"waiting for Minion {wanted} in namespace {namespace}: the run trains that minion's model; create "
+               "the Minion, or delete this run and create it without spec.minion")
+
+    def waiting(old: LoraTrainingJobStatus) -> LoraTrainingJobStatus | None:
+        if old.message == message:
+            return None
+        return old.model_copy(update={"phase": "Pending", "message": message, "conditions": set_condition(
+            old.conditions, R.READY, "False", R.MINION_NOT_FOUND, message, _now_s(), None)})
+
+    if _change_status(namespace, name, uid, waiting):
+        kopf.event(body, type="Warning", reason=R.MINION_NOT_FOUND, message=message)
+    raise kopf.TemporaryError(message, delay=MINION_WAIT_SECONDS)
+
+
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
 def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any, status: kopf.Status,
-                 meta: kopf.Meta, **_: Any) -> None:
+                 meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     """Only ``suspend`` reaches a running Job; other edits are reported, not applied."""
     old, new = dict(old or {}), dict(new or {})
     if old.get("suspend") != new.get("suspend") and status.get("phase") not in TERMINAL and new.get("queueName"):
@@ -255,7 +285,7 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
     frozen = _frozen_spec(namespace, name)
     if frozen is None:  # no run was started (an invalid spec): there is nothing to compare with
         return
-    drift = spec_drift(frozen, new)
+    drift = spec_drift(frozen, _effective(memo.minions, namespace, new))
     message = (f"spec fields {', '.join(drift)} differ from the spec this run started with and are not "
                "applied; create a new LoraTrainingJob to train with them") if drift else \
         "the spec matches the one this run started with again"
@@ -270,6 +300,49 @@ def spec_changed(body: kopf.Body, name: str, namespace: str, old: Any, new: Any,
     if _change_status(namespace, name, meta["uid"], report_drift) and drift:
         kopf.event(body, type="Warning", reason=R.SPEC_CHANGE_IGNORED, message=message)
     sync(namespace, name)
+
+
+def _effective(controller: MinionController, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A run's spec as it would train now: with its minion's model and settings (the frozen spec has them)."""
+    found = controller.spec(namespace, spec["minion"]) if spec.get("minion") else None
+    try:
+        return minions.inherit(spec["minion"], found, spec) if found else spec
+    except ModelMismatch:
+        return spec
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CREDIT_INTERVAL,
+            when=lambda spec, status, **_: bool(spec.get("minion")) and status.get("phase") in TERMINAL
+            and not status.get("credited"))
+def credit(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+           memo: kopf.Memo, **_: Any) -> None:
+    """Credit a finished run to its minion, once: the minion's ledger is keyed by run UID, and the run records
+    the credit (status.credited) after the minion holds it, so an operator stopped in between credits nothing
+    twice. A failed run is credited too, with 0 XP and why."""
+    wanted, uid = spec["minion"], meta["uid"]
+    entry = ledger_entry(name, uid, parse(dict(status)))
+    try:
+        done = memo.minions.credit(namespace, wanted, entry)
+    except MinionGone as err:
+        raise kopf.TemporaryError(f"{err}: the run's {entry.xp} XP are credited once it exists again",
+                                  delay=MINION_WAIT_SECONDS) from err
+    _change_status(namespace, name, uid, lambda old: None if old.credited else old.model_copy(update={
+        "credited": Credit(minion=wanted, xp=entry.xp, time=_now_s())}))
+    if done.status is None:  # credited before the operator could record it on the run
+        return
+    kopf.event(body, type="Normal", reason=R.CREDITED, message=(
+        f"{entry.xp} XP credited to Minion {wanted}: level {done.status.level}, {done.status.xp} XP in total"))
+    if done.status.level > done.level_before:
+        kopf.event(done.minion, type="Normal", reason=R.LEVEL_UP, message=(
+            f"level {done.level_before} -> {done.status.level} with run {name} ({entry.xp} XP; "
+            f"{done.status.xp} XP in total)"))
+
+
+@kopf.on.event(api.GROUP, api.VERSION, minion.PLURAL)
+def minion_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep a minion's own status (level under its level table, observedGeneration) current."""
+    if type != "DELETED":
+        memo.minions.observe(dict(body))
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=SYNC_INTERVAL, initial_delay=SYNC_INTERVAL,
@@ -303,6 +376,8 @@ def run_event(type: str | None, name: str, namespace: str, meta: kopf.Meta, memo
         key = (namespace, name, meta["uid"])
         DIRECTORY.drop_run(namespace, name)
         WRITTEN.forget(namespace, name)
+        with _locks_guard:
+            _locks.pop((namespace, name), None)
         WRITER.forget(key)
         memo.endpoint.forget(key)
 

@@ -52,6 +52,12 @@ REMOTE_CODE = "RemoteCode"
 NOT_SUCCEEDED = "NotSucceeded"
 NO_PERSISTENT_OUTPUT = "NoPersistentOutput"
 
+# Minions (docs/minions.md).
+MINION_NOT_FOUND = "MinionNotFound"
+CREDITED = "Credited"
+NO_RUNS_YET = "NoRunsYet"
+LEVEL_UP = "LevelUp"
+
 # Events only.
 JOB_CREATED = "JobCreated"
 SUSPEND_IGNORED = "SuspendIgnored"

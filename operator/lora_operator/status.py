@@ -294,6 +294,11 @@ def _restart_group(new: LoraTrainingJobStatus, obs: Observation, limit: int, now
     return Observation("Running", R.GROUP_RESTARTING, message), [KubeEvent("Warning", R.GROUP_RESTARTING, message)]
 
 
+def _waiting_for_minion(status: LoraTrainingJobStatus) -> bool:
+    """The run names a minion that does not exist yet: ``start`` said so and retries; no Job exists."""
+    return any(c.type == R.READY and c.reason == R.MINION_NOT_FOUND for c in status.conditions)
+
+
 def group_restart_limit(spec: dict[str, Any]) -> int:
     """How often a run over several pods may be restarted as a whole: its backoffLimit (0 for one pod)."""
     parsed = LoraTrainingJobSpec.model_construct()  # the defaults, without validating the whole spec
@@ -389,6 +394,8 @@ def reconcile_status(
         obs: Observation | None = Observation("Running", R.GROUP_RESTARTING, restarting.message)
     elif job is None and status.job_name and old_phase not in TERMINAL:
         obs = job_gone(status)
+    elif job is None and _waiting_for_minion(status):
+        obs = Observation("Pending", R.MINION_NOT_FOUND, status.message or "")
     else:
         obs = observe(job, pods, queued)
         if obs is not None and obs.phase == "Failed" and group_restarts and _group_broke(job, pods):

@@ -14,12 +14,16 @@ import pytest
 import yaml
 from lupa import lua51
 
+from lora_contract.minion import LedgerEntry, MinionStatus
+from lora_operator.minions import credit, relevel
 from lora_operator.status import dump, parse, reconcile_status, set_condition
 from tests.chart.conftest import CHART
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH_LUA = CHART / "argocd" / "health.lua"
 ARGOCD_KEY = "resource.customizations.health.lora.airepublic.io_LoraTrainingJob"
+MINION_LUA = CHART / "argocd" / "minion-health.lua"
+MINION_KEY = "resource.customizations.health.lora.airepublic.io_Minion"
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -119,14 +123,37 @@ def test_unknown_phase_is_unknown() -> None:
     assert health(_ltj({"phase": "Exploded"})) == {"status": "Unknown", "message": "Unknown phase Exploded"}
 
 
-def test_docs_carry_the_script_verbatim() -> None:
-    """docs/argocd.md's argocd-cm patch is health.lua indented under the Argo CD key."""
+@pytest.mark.parametrize(("lua", "key"), [(HEALTH_LUA, ARGOCD_KEY), (MINION_LUA, MINION_KEY)])
+def test_docs_carry_the_script_verbatim(lua: Path, key: str) -> None:
+    """docs/argocd.md's argocd-cm patches are the scripts indented under their Argo CD keys."""
     docs = (ROOT / "docs" / "argocd.md").read_text()
-    script = "".join(f"    {line}" if line.strip() else line for line in HEALTH_LUA.read_text().splitlines(True))
-    snippet = f"```yaml\ndata:\n  {ARGOCD_KEY}: |\n{script}```\n"
+    script = "".join(f"    {line}" if line.strip() else line for line in lua.read_text().splitlines(True))
+    snippet = f"```yaml\ndata:\n  {key}: |\n{script}```\n"
     assert snippet in docs, f"docs/argocd.md is stale; its argocd-cm snippet must read:\n{snippet}"
-    assert yaml.safe_load(snippet.removeprefix("```yaml\n").removesuffix("```\n"))["data"][ARGOCD_KEY] == (
-        HEALTH_LUA.read_text())
+    assert yaml.safe_load(snippet.removeprefix("```yaml\n").removesuffix("```\n"))["data"][key] == lua.read_text()
+
+
+def _minion_health(obj: dict[str, Any]) -> dict[str, str]:
+    lua = lua51.LuaRuntime()
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    return dict(lua.execute(MINION_LUA.read_text()))
+
+
+def test_a_minion_is_progressing_until_the_operator_read_its_spec_then_healthy_with_its_level() -> None:
+    """On statuses the minion controller's own functions produce (a new minion, then one credit)."""
+    minion = {"metadata": {"name": "ana", "generation": 2}, "spec": {}}
+    assert _minion_health(minion)["status"] == "Progressing"
+    fresh = relevel(MinionStatus(), [800, 2400]).model_copy(update={"observed_generation": 1})
+    assert _minion_health({**minion, "status": fresh.model_dump(by_alias=True, exclude_none=True)})[
+        "status"] == "Progressing"  # an older generation: the operator has not read the edit yet
+    entry = LedgerEntry(run="r1", uid="u1", xp=900, finished="2026-01-01T12:00:00Z", quality_change=2.0,
+                        adapter_uri="s3://bucket/ana/r1/adapter")
+    credited = credit(fresh, entry, [800, 2400])
+    assert credited is not None
+    status = credited.model_copy(update={"observed_generation": 2}).model_dump(by_alias=True, exclude_none=True)
+    assert _minion_health({**minion, "status": status}) == {
+        "status": "Healthy",
+        "message": "level 2, 900 XP (level 3 at 2400) from 1 runs; serves s3://bucket/ana/r1/adapter"}
 
 
 @pytest.mark.parametrize("phase", ["Pending", "Running", "Suspended", "Succeeded", "Failed"])

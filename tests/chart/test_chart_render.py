@@ -28,6 +28,8 @@ NAMESPACED_RULES = [
     _rule("lora.airepublic.io", "loratrainingjobs", "get list watch patch"),
     _rule("lora.airepublic.io", "loratrainingjobs/status", "get patch"),
     _rule("lora.airepublic.io", "loratrainingjobs/finalizers", "update"),
+    _rule("lora.airepublic.io", "minions", "get list watch"),
+    _rule("lora.airepublic.io", "minions/status", "update"),
     _rule("batch", "jobs", "get list watch create patch"),
     _rule("", "pods", "get list watch"),
     _rule("", "serviceaccounts configmaps services", "get create"),
@@ -61,10 +63,11 @@ def _tls_secret_name(deployment: dict) -> str:
 
 
 def test_chart_crd_is_the_generated_crd() -> None:
-    chart_copy = CHART / "crds" / crd.CRD_FILE
-    assert chart_copy.read_text() == (ROOT / "crds" / crd.CRD_FILE).read_text(), (
-        f"the chart's CRD is stale: cp crds/{crd.CRD_FILE} {chart_copy.relative_to(ROOT)}")
-    assert [p.name for p in (CHART / "crds").iterdir()] == [crd.CRD_FILE]
+    for kind in crd.KINDS:
+        chart_copy = CHART / "crds" / kind.file
+        assert chart_copy.read_text() == (ROOT / "crds" / kind.file).read_text(), (
+            f"the chart's CRD is stale: cp crds/{kind.file} {chart_copy.relative_to(ROOT)}")
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(kind.file for kind in crd.KINDS)
 
 
 @pytest.mark.parametrize("values", [[], ["--set", "watchNamespace=team-a"]], ids=["cluster-wide", "namespaced"])

@@ -14,9 +14,10 @@ from tests.integration.test_crd_validation import SPEC_CASES
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_committed_crd_matches_models() -> None:
-    committed = (ROOT / "crds" / crd.CRD_FILE).read_text()
-    assert committed == crd.render(), "crds/ is stale: run `python -m lora_operator.crd`"
+@pytest.mark.parametrize("kind", crd.KINDS, ids=lambda k: k.kind)
+def test_committed_crd_matches_models(kind: crd.Kind) -> None:
+    committed = (ROOT / "crds" / kind.file).read_text()
+    assert committed == crd.render(kind), "crds/ is stale: run `python -m lora_operator.crd`"
 
 
 def _walk(node, path="$"):
@@ -29,8 +30,9 @@ def _walk(node, path="$"):
             yield from _walk(value, f"{path}[{i}]")
 
 
-def test_schema_is_structural() -> None:
-    schema = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+@pytest.mark.parametrize("kind", crd.KINDS, ids=lambda k: k.kind)
+def test_schema_is_structural(kind: crd.Kind) -> None:
+    schema = crd.build_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
         assert "$ref" not in node and "anyOf" not in node and "$defs" not in node, path
         assert node.get("default", 0) is not None, path
@@ -89,3 +91,13 @@ def test_valid_volumes_tolerations_and_labels_pass() -> None:
     ours = [m for m in mounts if m not in ("/models", "/etc/lora-data", "/tmp/scratch")]
     reserved = (*api.OWN_MOUNT_PATHS, *api.READ_ONLY_MOUNT_ROOTS)
     assert all(any(m == r or m.startswith(r + "/") for r in reserved) for m in ours), ours
+
+
+def test_kubectl_get_minions_shows_level_xp_runs_adapter_age() -> None:
+    version = crd.build_crd(crd.MINIONS)["spec"]["versions"][0]
+    assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == [
+        "Level", "XP", "Runs", "Adapter", "Age"]
+    names = crd.build_crd(crd.MINIONS)["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("Minion", "minions", ["mn"])
+    wide = [c["name"] for c in crd.build_crd()["spec"]["versions"][0]["additionalPrinterColumns"] if c.get("priority")]
+    assert "Minion" in wide

@@ -422,3 +422,15 @@ def test_invalid_input_and_one_pod_runs_are_never_restarted_as_a_group() -> None
     assert group_restart_limit({"resources": {"nodes": 2}}) == 2
     assert group_restart_limit({"resources": {"nodes": 3}, "runtime": {"backoffLimit": 0}}) == 0
     assert group_restart_limit({"runtime": {"backoffLimit": 5}}) == 0
+
+
+def test_a_run_waiting_for_its_minion_keeps_saying_so_until_its_job_exists() -> None:
+    waiting = {"phase": "Pending", "message": "waiting for Minion ana in namespace ns: ...", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "MinionNotFound", "message": "waiting for Minion ana",
+         "lastTransitionTime": "2026-01-01T11:00:00Z"}]}
+    patch, events = _reconcile(waiting, None, [])
+    assert "message" not in patch and "phase" not in patch and events == [], patch
+    ready = next(c for c in patch.get("conditions", waiting["conditions"]) if c["type"] == "Ready")
+    assert ready["reason"] == "MinionNotFound"
+    patch, _ = _reconcile(waiting, _job(), [_pod("Running")])
+    assert patch["phase"] == "Running"

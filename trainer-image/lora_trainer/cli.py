@@ -55,9 +55,13 @@ def load_spec(path: str | Path) -> LoraTrainingJobSpec:
     if not isinstance(data, dict):
         raise SpecFileError(f"{path}: the spec must be a mapping")
     try:
-        return LoraTrainingJobSpec.model_validate(data)
+        spec = LoraTrainingJobSpec.model_validate(data)
     except ValidationError as err:
         raise SpecFileError(f"{path}: {describe_validation_error(err)}") from err
+    if spec.model is None:  # the operator writes the minion's model into the spec it gives the trainer
+        raise SpecFileError(f"{path}: spec.model is not set: a run for a minion ({spec.minion}) gets its model from "
+                            "the Minion in the cluster; set spec.model to run this spec here")
+    return spec
 
 
 def _run(args: argparse.Namespace, spec: LoraTrainingJobSpec, signals: StopSignals) -> int:
