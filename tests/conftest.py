@@ -51,10 +51,10 @@ class Kubectl:
     def wait_crd_established(self) -> None:
         # Not `kubectl wait`: right after creation the CRD may have no conditions yet, which it treats as an error.
         # Nor may the jsonpath filter fail the check: it errors on a CRD whose conditions are still null.
-        wait_for("the CRD to be Established", lambda: self.run(
-            "get", "crd/loratrainingjobs.lora.airepublic.io", "-o",
-            "jsonpath={.status.conditions[?(@.type=='Established')].status}", check=False).stdout.strip() == "True",
-            timeout=60)
+        for crd in ("loratrainingjobs.lora.airepublic.io", "minions.lora.airepublic.io"):
+            wait_for(f"CRD {crd} to be Established", lambda crd=crd: self.run(
+                "get", f"crd/{crd}", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                check=False).stdout.strip() == "True", timeout=60)
 
     def status(self, namespace: str, name: str) -> dict:
         """The status of LoraTrainingJob ``namespace/name`` ({} while it has none or does not exist)."""

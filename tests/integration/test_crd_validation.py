@@ -29,6 +29,16 @@ def _with(path: str, value, name: str = "bad") -> dict:
     node[leaf] = value
     return manifest
 
+
+def _without(path: str) -> dict:
+    manifest = _with(path, None)
+    *parents, leaf = path.split(".")
+    node = manifest
+    for key in parents:
+        node = node[key]
+    del node[leaf]
+    return manifest
+
 BAD_SPECS = [
     ("two model sources", _with("spec.model", {"hubId": "a/b", "path": "/models/x"}),
      "model: set exactly one of hubId, path or package"),
@@ -90,6 +100,8 @@ BAD_SPECS = [
         {"uri": "s3://bucket/a", "endpoint": "minio.storage:9000"}]}), "spec.output.destinations[0].endpoint"),
     ("several pods without a shared volume", _with("spec.resources", {"nodes": 2}),
      "resources.nodes > 1 needs output.claimName"),
+    ("no model and no minion", _without("spec.model"), "model is required unless minion names a Minion"),
+    ("a minion name that is not a DNS name", _with("spec.minion", "Ana Smith"), "spec.minion"),
     ("name too long", _with("spec.suspend", False, name="x" * 60), "metadata.name must be at most 56"),
 ]
 SPEC_CASES = [c for c in BAD_SPECS if c[0] != "name too long"]
@@ -116,3 +128,32 @@ def test_unknown_fields_are_rejected(kubectl, crds, module_namespace) -> None:
     manifest = _with("spec.lora", {"rnak": 8})
     proc = kubectl.run("apply", "-n", module_namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
     assert proc.returncode != 0 and 'unknown field "spec.lora.rnak"' in proc.stderr, proc.stderr
+
+
+MINION = {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "Minion", "metadata": {"name": "ana"},
+          "spec": {"displayName": "Ana", "model": {"hubId": "HuggingFaceTB/SmolLM2-135M-Instruct"}}}
+BAD_MINIONS = [
+    ("no model", {"displayName": "Ana"}, "spec.model: Required value"),
+    ("two model sources", {"model": {"hubId": "a/b", "path": "/m"}},
+     "model: set exactly one of hubId, path or package"),
+    ("levels not increasing", {"model": {"hubId": "a/b"}, "levels": [800, 800, 2400]},
+     "levels: XP thresholds must be positive and strictly increasing"),
+    ("a level at 0 XP", {"model": {"hubId": "a/b"}, "levels": [0, 100]}, "spec.levels[0]"),
+    ("bad inherited lora settings", {"model": {"hubId": "a/b"}, "lora": {"rank": 0}}, "spec.lora.rank"),
+    ("display name too long", {"model": {"hubId": "a/b"}, "displayName": "x" * 64}, "spec.displayName"),
+]
+
+
+def test_a_minion_gets_the_default_level_table(kubectl, crds, module_namespace) -> None:
+    kubectl.apply(MINION, module_namespace)
+    obj = kubectl.get("minion", "ana", module_namespace)
+    assert obj["spec"]["levels"][:3] == [800, 2400, 4800]
+    assert "ana" in kubectl("get", "mn", "-n", module_namespace)
+
+
+@pytest.mark.parametrize(("case", "spec", "expected"), BAD_MINIONS, ids=[c[0] for c in BAD_MINIONS])
+def test_a_bad_minion_is_rejected_with_a_clear_message(kubectl, crds, module_namespace, case, spec, expected) -> None:
+    manifest = {**MINION, "metadata": {"name": "bad-minion"}, "spec": spec}
+    proc = kubectl.run("apply", "-n", module_namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    assert proc.returncode != 0, f"{case}: accepted"
+    assert expected in proc.stderr, f"{case}: {proc.stderr}"

