@@ -4,8 +4,8 @@
 # its registry (Debian's docker-registry on 127.0.0.1): the images are built here from
 # operator/Dockerfile and trainer-image/Dockerfile and pushed there as $REGISTRY/lora-operator:0.1.0
 # and $REGISTRY/lora-trainer:0.1.0 (tests/cluster/build_images.sh, buildah), and the node pulls
-# them. Then `helm install`, `kubectl apply -f examples/quickstart.yaml`, the watch until the run
-# ends, the report, and the adapter's URI.
+# them. Then `helm install`, `kubectl apply -f examples/quickstart.yaml` (a Minion and a run for it),
+# the watch until the run ends, the report, the adapter's URI, and `kubectl get minions`.
 # Keep the cluster afterwards with LORA_DEMO_KEEP=1 (Ctrl-C stops it and restores the host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +52,12 @@ kubectl describe ltj quickstart
 python -m lora_operator.report quickstart
 echo "==> where the adapter is (kubectl get -o wide: its URI; docs/serving.md serves it)"
 kubectl get ltj quickstart -o wide
+echo "==> the minion the quickstart trained (its XP is credited within seconds of the run's end)"
+for _ in $(seq 1 30); do
+  [[ -n "$(kubectl get ltj quickstart -o jsonpath='{.status.credited.minion}')" ]] && break
+  sleep 1
+done
+kubectl get minions
 if [[ "${LORA_DEMO_KEEP:-0}" == 1 ]]; then
   echo "cluster kept: export KUBECONFIG=$KUBECONFIG PATH=$BIN:\$PATH ; Ctrl-C to stop"
   wait "${pids[0]}"

@@ -37,7 +37,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.realnode]
 
 def _run(name: str, claim: str, **overrides) -> dict:
     """A small SmolLM2 run on the quickstart's model and data (the model ships in the trainer image)."""
-    spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text().split("---")[1])["spec"]
+    spec = next(d for d in yaml.safe_load_all((ROOT / "examples" / "quickstart.yaml").read_text())
+                if d["kind"] == "LoraTrainingJob")["spec"]
+    del spec["minion"]  # these runs are not for a minion (the quickstart's own test credits one)
     spec.update({"output": {"claimName": claim}, "evaluation": {"heldOutItems": 2, "generation": {"maxNewTokens": 8}}})
     spec.update(overrides)
     return {"apiVersion": "lora.airepublic.io/v1alpha1", "kind": "LoraTrainingJob", "metadata": {"name": name},
@@ -117,6 +119,14 @@ def test_quickstart_in_the_trainer_image_reaches_succeeded_with_live_columns(rk,
     # end: the operator logged none refused.
     logs = rk("logs", "-n", RELEASE_NAMESPACE, operator_release)
     assert "TokenReview failed" not in logs, logs[-2000:]
+    # Credited to its minion, through the chart's RBAC (minions/status update).
+    credited = wait_for("the quickstart credited to its minion", lambda: (s := rk.status(
+        real_namespace, "quickstart")).get("credited") and s, timeout=60, interval=1)["credited"]
+    minion = rk.get("minion", "scout", real_namespace)["status"]
+    assert (credited["minion"], credited["xp"]) == ("scout", status["xp"])
+    assert (minion["xp"], minion["runs"]) == (status["xp"], 1), minion
+    assert minion["adapter"]["uri"] == trainer["artifacts"]["adapterUri"], minion
+    print(rk("get", "minions", "-n", real_namespace))
 
 
 def test_a_memory_limit_too_small_ends_failed_with_reason_oomkilled(rk, operator_release, real_namespace):

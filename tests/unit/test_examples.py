@@ -40,6 +40,8 @@ def test_quickstart_matches_the_local_quickstart() -> None:
     local = yaml.safe_load((EXAMPLES / "quickstart-local.yaml").read_text())
     for key in ("model", "datasets", "data", "lora", "evaluation"):
         assert k8s[key] == local[key], key
+    minion = next(d for d in yaml.safe_load_all((EXAMPLES / "quickstart.yaml").read_text()) if d["kind"] == "Minion")
+    assert minion["metadata"]["name"] == k8s["minion"] and minion["spec"]["model"] == k8s["model"]
 
 
 def test_the_demo_runs_the_readme_real_cluster_section_verbatim() -> None:
