@@ -28,7 +28,7 @@ NAMESPACED_RULES = [
     _rule("lora.airepublic.io", "loratrainingjobs", "get list watch patch"),
     _rule("lora.airepublic.io", "loratrainingjobs/status", "get patch"),
     _rule("lora.airepublic.io", "loratrainingjobs/finalizers", "update"),
-    _rule("batch", "jobs", "get list watch create patch"),
+    _rule("batch", "jobs", "get list watch create patch delete"),
     _rule("", "pods", "get list watch"),
     _rule("", "serviceaccounts configmaps services", "get create"),
     _rule("", "events", "create"),
