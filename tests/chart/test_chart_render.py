@@ -30,7 +30,7 @@ NAMESPACED_RULES = [
     _rule("lora.airepublic.io", "loratrainingjobs/finalizers", "update"),
     _rule("lora.airepublic.io", "minions", "get list watch"),
     _rule("lora.airepublic.io", "minions/status", "update"),
-    _rule("batch", "jobs", "get list watch create patch"),
+    _rule("batch", "jobs", "get list watch create patch delete"),
     _rule("", "pods", "get list watch"),
     _rule("", "serviceaccounts configmaps services", "get create"),
     _rule("", "events", "create"),
