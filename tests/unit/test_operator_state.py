@@ -37,5 +37,4 @@ def test_a_thousand_runs_that_come_and_go_leave_no_per_run_state() -> None:
         endpoint._sequences[key, pod] = 1  # as an accepted report leaves it
         handlers.pod_changed(labels={}, annotations={}, namespace=namespace, uid=pod, type="DELETED")
         handlers.run_event(type="DELETED", name=name, namespace=namespace, meta={"uid": uid}, memo=memo)
-    assert {**_held(*state), "locks": len(handlers._locks)} == before
-    assert not any(before.values()), before
+    assert {**_held(*state), "locks": len(handlers._locks)} == before  # as before (other tests' runs aside)
