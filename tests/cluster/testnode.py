@@ -376,6 +376,10 @@ class PodRunner(threading.Thread):
             "KUBERNETES_SERVICE_PORT": port,
             "KUBERNETES_SERVICE_PORT_HTTPS": port,
         }
+        if os.environ.get("PYTHONPATH"):
+            # Like PATH: a console script of the node's venv (lora-trainer) finds the checkout's packages where
+            # the node does, also where the venv's own install of them points elsewhere.
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         if SA_MOUNT in mapping and (Path(mapping[SA_MOUNT]) / "token").exists():
             env["KUBECONFIG"] = str(self._write_pod_kubeconfig(Path(mapping[SA_MOUNT])))
         env.update({k: rewrite(v) for k, v in own.items()})
