@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -30,6 +29,7 @@ from lora_contract.api import (
     StepStatus,
     TrainerStatus,
 )
+from lora_contract.wire import timestamp
 
 # Share of overall progress each pipeline step is worth; training dominates wall time.
 STEP_WEIGHTS: tuple[int, ...] = (6, 5, 5, 1, 60, 5, 4, 4, 8, 2)
@@ -38,13 +38,9 @@ assert len(STEP_WEIGHTS) == len(PIPELINE_STEPS) and sum(STEP_WEIGHTS) == 100
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    time: str = Field(default_factory=now_iso)
+    time: str = Field(default_factory=timestamp)
 
 
 class StepEvent(_Event):

@@ -1,10 +1,12 @@
-"""What the operator's Job and the trainer process agree on outside the API types: exit codes.
+"""What the operator's Job and the trainer process agree on outside the API types: exit codes, the
+environment and mount paths the trainer is given, and how both write times.
 
 The Job's pod-failure policy (operator) and the trainer's exits (``lora-trainer run``) must use the
-same numbers, so both read them here.
+same numbers, and the trainer must look where the operator mounts, so both read them here.
 """
 
 import signal
+from datetime import UTC, datetime
 
 EXIT_OK = 0
 # Failed; a retry may help (a network error, a lost node): counts against spec.runtime.backoffLimit.
@@ -16,6 +18,26 @@ EXIT_INVALID_INPUT = 2
 # reports too, so a trainer stopped before its handler was installed means the same. The Job ignores
 # such a pod failure (no backoffLimit count) and its retry resumes from that checkpoint.
 EXIT_INTERRUPTED = 128 + signal.SIGTERM
+
+# How the operator and the trainer write times (status, events, manifests): RFC 3339, UTC, whole seconds.
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def timestamp(when: datetime | None = None) -> str:
+    """``when`` (default: now) as TIMESTAMP_FORMAT."""
+    return (when or datetime.now(UTC)).strftime(TIMESTAMP_FORMAT)
+
+
+# The progress endpoint the trainer reports to, the token it reports with (its projected volume) and the CA of
+# the endpoint's certificate.
+REPORT_URL_ENV = "LORA_REPORT_URL"
+REPORT_TOKEN_ENV = "LORA_REPORT_TOKEN"
+REPORT_CA_ENV = "LORA_REPORT_CA"
+TOKEN_MOUNT = "/var/run/lora/token"
+TOKEN_FILE = f"{TOKEN_MOUNT}/token"
+# Where ConfigMap datasets are mounted: <dir>/<configmap name>/<key>.
+CONFIGMAP_DIR_ENV = "LORA_CONFIGMAP_DIR"
+CONFIGMAP_DIR = "/etc/lora/datasets"
 
 # Where the operator mounts output.destinations[i].credentialsSecret in the trainer: <dir>/<i>/<key>, with these
 # keys: an s3:// destination's, an oci:// destination's kubernetes.io/dockerconfigjson key, or an hf:// one's token.

@@ -17,6 +17,8 @@ import yaml
 
 from lora_contract import api
 from lora_contract.wire import (
+    CONFIGMAP_DIR,
+    CONFIGMAP_DIR_ENV,
     DESTINATION_SECRETS_DIR,
     DESTINATION_SECRETS_ENV,
     EXIT_INTERRUPTED,
@@ -28,6 +30,11 @@ from lora_contract.wire import (
     NPROC_PER_NODE_ENV,
     OUTPUT_URI_ENV,
     RENDEZVOUS_PORT,
+    REPORT_CA_ENV,
+    REPORT_TOKEN_ENV,
+    REPORT_URL_ENV,
+    TOKEN_FILE,
+    TOKEN_MOUNT,
     destination_secret_keys,
 )
 
@@ -37,8 +44,6 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # on each pod of 
 CONTAINER = "trainer"
 
 SPEC_MOUNT = "/etc/lora/spec"
-DATASET_CM_MOUNT = "/etc/lora/datasets"
-TOKEN_MOUNT = "/var/run/lora/token"
 PROGRESS_CA_KEY = "progress-ca.crt"
 OUTPUT_MOUNT = "/output"
 TERMINATION_LOG = "/dev/termination-log"
@@ -200,7 +205,7 @@ def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, A
             # Optional: a missing ConfigMap would otherwise hold the pod (and its GPU) in ContainerCreating
             # until the deadline; mounted empty, the trainer fails at once naming the ConfigMap (exit code 2).
             volumes.append({"name": vol, "configMap": {"name": ds.config_map.name, "optional": True}})
-            mounts.append({"name": vol, "mountPath": f"{DATASET_CM_MOUNT}/{ds.config_map.name}",
+            mounts.append({"name": vol, "mountPath": f"{CONFIGMAP_DIR}/{ds.config_map.name}",
                            "readOnly": True})
     # The destinations' Secrets, each in <dir>/<index>/, one file per key. Optional, like the dataset ConfigMaps:
     # a missing Secret fails the run in step 3 with its name, instead of holding the pod in ContainerCreating.
@@ -221,13 +226,13 @@ def _volumes(name: str, spec: api.LoraTrainingJobSpec) -> tuple[list[dict[str, A
 def _env(name: str, namespace: str, spec: api.LoraTrainingJobSpec, cfg: OperatorConfig) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     if cfg.progress_url:
-        env += [{"name": "LORA_REPORT_URL", "value": report_url(name, namespace, cfg)},
-                {"name": "LORA_REPORT_TOKEN", "value": f"{TOKEN_MOUNT}/token"}]
+        env += [{"name": REPORT_URL_ENV, "value": report_url(name, namespace, cfg)},
+                {"name": REPORT_TOKEN_ENV, "value": TOKEN_FILE}]
         if cfg.progress_ca:
-            env.append({"name": "LORA_REPORT_CA", "value": f"{SPEC_MOUNT}/{PROGRESS_CA_KEY}"})
+            env.append({"name": REPORT_CA_ENV, "value": f"{SPEC_MOUNT}/{PROGRESS_CA_KEY}"})
     env += [
         {"name": "LORA_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
-        {"name": "LORA_CONFIGMAP_DIR", "value": DATASET_CM_MOUNT},
+        {"name": CONFIGMAP_DIR_ENV, "value": CONFIGMAP_DIR},
         {"name": "HOME", "value": "/tmp"},
         # On the output volume: hub downloads survive retries and are shared by runs using the PVC.
         {"name": "HF_HOME", "value": f"{OUTPUT_MOUNT}/.cache/huggingface"},

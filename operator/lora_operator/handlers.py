@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from lora_contract import api, minion
 from lora_contract.api import Credit, LoraTrainingJobStatus, TrainerStatus
 from lora_contract.validation import describe_validation_error
+from lora_contract.wire import timestamp
 from lora_operator import builders, cache, minions, progress_server
 from lora_operator import reasons as R
 from lora_operator.minion_controller import MinionController, MinionGone
@@ -70,7 +71,7 @@ def _now() -> datetime:
 
 
 def _now_s() -> str:
-    return _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamp(_now())
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:

@@ -25,7 +25,7 @@ from lora_contract.api import (
     Phase,
     TrainerStatus,
 )
-from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT
+from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, timestamp
 from lora_contract.xp import xp_for
 from lora_operator import builders
 from lora_operator import reasons as R
@@ -384,7 +384,7 @@ def reconcile_status(
     ``xp_refused`` (``xp_refusal``) says why the run earns no XP whatever it reports; ``ephemeral_output``, that
     its results have nowhere to go but the pod's emptyDir (``OutputSpec.persistent``); ``group_restarts``, how
     often a run over several pods may be restarted as a whole after a worker died (0: not such a run)."""
-    now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    now_s = timestamp(now)
     old_phase = status.phase
     new = status.model_copy(deep=True)
     events: list[KubeEvent] = []

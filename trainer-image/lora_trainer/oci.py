@@ -30,8 +30,7 @@ import oras.provider
 import requests
 
 from lora_contract.api import OutputDestination, UploadedCopy
-from lora_contract.progress import now_iso
-from lora_contract.wire import DESTINATION_SECRETS_ENV, DOCKER_CONFIG_KEY
+from lora_contract.wire import DESTINATION_SECRETS_ENV, DOCKER_CONFIG_KEY, timestamp
 from lora_trainer.errors import InvalidInput, StepError
 from lora_trainer.layout import sha256
 
@@ -184,7 +183,7 @@ class OciStore:
             layers.append(layer)
         run_manifest = sha256(manifest)
         config = json.dumps({
-            "descriptor": {"createdAt": now_iso(), "family": "lora-adapter", "name": self.ref.repository},
+            "descriptor": {"createdAt": timestamp(), "family": "lora-adapter", "name": self.ref.repository},
             "config": {"format": "safetensors"},
             "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]},  # raw: digest = diffID
         }, sort_keys=True, separators=(",", ":")).encode()
@@ -196,7 +195,7 @@ class OciStore:
         body = json.dumps({
             "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "artifactType": ARTIFACT_TYPE,
             "config": {k: config_layer[k] for k in ("mediaType", "digest", "size")}, "layers": layers,
-            "annotations": {"org.opencontainers.image.created": now_iso(), TITLE: self.ref.repository,
+            "annotations": {"org.opencontainers.image.created": timestamp(), TITLE: self.ref.repository,
                             "io.airepublic.lora.manifest-sha256": run_manifest},
         }, sort_keys=True, separators=(",", ":")).encode()
         digest = "sha256:" + hashlib.sha256(body).hexdigest()

@@ -33,6 +33,7 @@ from lora_contract.progress import (
     TrainerEvent,
     initial_status,
 )
+from lora_contract.wire import REPORT_CA_ENV, REPORT_TOKEN_ENV, REPORT_URL_ENV, TOKEN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,11 @@ class ProgressReporter:
     def from_env(cls, env: dict[str, str] | None = None) -> ProgressReporter | None:
         """The reporter of a run in a LoraTrainingJob pod, or None outside Kubernetes (no LORA_REPORT_URL)."""
         env = dict(os.environ) if env is None else env
-        url = env.get("LORA_REPORT_URL")
+        url = env.get(REPORT_URL_ENV)
         if not url:
             return None
-        ca = env.get("LORA_REPORT_CA")
-        return cls(url, Path(env.get("LORA_REPORT_TOKEN", "/var/run/lora/token/token")),
+        ca = env.get(REPORT_CA_ENV)
+        return cls(url, Path(env.get(REPORT_TOKEN_ENV, TOKEN_FILE)),
                    Path(ca) if ca else None,
                    min_interval=float(env.get("LORA_REPORT_MIN_INTERVAL_SECONDS", "3")))
 

@@ -36,11 +36,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lora_contract.api import DatasetSource, FileType
+from lora_contract.wire import CONFIGMAP_DIR, CONFIGMAP_DIR_ENV
 from lora_trainer.errors import InvalidInput, StepError
 
 # Where the operator mounts ConfigMap datasets: <dir>/<configmap name>/<key>.
-CONFIGMAP_DIR_ENV = "LORA_CONFIGMAP_DIR"
-DEFAULT_CONFIGMAP_DIR = "/etc/lora/datasets"
 DOWNLOAD_TIMEOUT_SECONDS = 120  # per connect or read
 DOWNLOAD_DEADLINE_SECONDS = 1800  # for the whole download
 MAX_DOWNLOAD_BYTES_ENV = "LORA_MAX_DOWNLOAD_BYTES"
@@ -78,7 +77,7 @@ class SourceRows:
 
 
 def configmap_dir() -> Path:
-    return Path(os.environ.get(CONFIGMAP_DIR_ENV, DEFAULT_CONFIGMAP_DIR))
+    return Path(os.environ.get(CONFIGMAP_DIR_ENV, CONFIGMAP_DIR))
 
 
 def source_label(ds: DatasetSource, index: int) -> str:

@@ -19,8 +19,7 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from lora_contract.api import SERVING_DEFAULT_MAX_LORA_RANK, SERVING_MAX_LORA_RANKS, Artifacts
-from lora_contract.progress import now_iso
-from lora_contract.wire import OUTPUT_URI_ENV
+from lora_contract.wire import OUTPUT_URI_ENV, timestamp
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.layout import sha256, staging, write_atomically
@@ -34,7 +33,7 @@ def manifest(root: Path, folders: list[Path], extra: dict[str, Any]) -> dict[str
         {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": sha256(p)}
         for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()
     ]
-    return {**extra, "created": now_iso(), "files": files}
+    return {**extra, "created": timestamp(), "files": files}
 
 
 def verify_saved(folder: Path, expected: dict[str, torch.Tensor], what: str) -> int:
