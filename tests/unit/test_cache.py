@@ -7,8 +7,9 @@ from typing import Any
 import kopf
 import pytest
 
-from lora_operator import cache, handlers
-from lora_operator.status_writer import StatusWriter
+from lora_operator import cache
+from lora_operator.builders import OperatorConfig
+from lora_operator.run_controller import RunController
 
 
 def _run(rv: int, uid: str = "u1", phase: str | None = "Suspended", deleted: bool = False,
@@ -59,45 +60,56 @@ def test_a_write_of_a_deleted_run_never_stands_in_for_its_recreated_namesake() -
     assert written.newest(_run(11))["metadata"]["resourceVersion"] == "11"
 
 
-class _Writes:
+class _Kube:
+    """The API calls ``sync`` may make: status patches are recorded; Job and pod reads are set per test."""
+
     def __init__(self) -> None:
         self.patches: list[dict[str, Any]] = []
+        self.reads: list[str] = []
+        self.job: dict[str, Any] | None = None
 
-    def __call__(self, _namespace: str, _name: str, patch: dict[str, Any]) -> None:
+    def patch_run_status(self, _namespace: str, _name: str, patch: dict[str, Any]) -> dict[str, Any]:
         self.patches.append(patch)
+        return _run(100)
+
+    def read_job(self, _namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(name)
+        return self.job
+
+    def list_pods(self, _namespace: str, _job: str) -> list[dict[str, Any]]:
+        return []
 
 
 @pytest.fixture
-def synced(monkeypatch: pytest.MonkeyPatch) -> _Writes:
-    """``handlers.sync`` on in-memory indices holding one Suspended run and no Job or pods; its writes and
+def synced(monkeypatch: pytest.MonkeyPatch) -> tuple[RunController, _Kube]:
+    """A run controller on in-memory indices holding one Suspended run and no Job or pods; its API calls and
     Events are recorded instead of sent."""
-    writes = _Writes()
-    monkeypatch.setattr(handlers, "WRITER", StatusWriter(writes, rate=1000, run_interval=0))
-    monkeypatch.setattr(handlers, "WRITTEN", cache.WrittenRuns())
-    monkeypatch.setattr(handlers, "_CACHES", {"runs": {("ns", "demo"): [_run(5)]}, "jobs": {}, "pods": {}})
+    kube = _Kube()
+    controller = RunController(kube, OperatorConfig.from_env({}), None,  # type: ignore[arg-type]
+                               {"runs": {("ns", "demo"): [_run(5)]}, "jobs": {}, "pods": {}},
+                               writes_per_second=1000, run_interval=0, minion_wait=1)
     monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
-    return writes
+    return controller, kube
 
 
-def test_a_job_missing_from_the_cache_is_read_before_the_run_counts_it_gone(
-        synced: _Writes, monkeypatch: pytest.MonkeyPatch) -> None:
-    reads: list[str] = []
-    monkeypatch.setattr(handlers, "_read_job", lambda ns, name: reads.append(name) or _job())
-    handlers.sync("ns", "demo")
-    assert reads == ["demo-train"]
-    assert all(p.get("phase") != "Failed" for p in synced.patches), synced.patches
+def test_a_job_missing_from_the_cache_is_read_before_the_run_counts_it_gone(synced) -> None:
+    controller, kube = synced
+    kube.job = _job()
+    controller.sync("ns", "demo")
+    assert kube.reads == ["demo-train"]
+    assert all(p.get("phase") != "Failed" for p in kube.patches), kube.patches
 
 
-def test_a_job_gone_from_the_cache_and_the_api_ends_the_run(synced: _Writes, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(handlers, "_read_job", lambda ns, name: None)
-    monkeypatch.setattr(handlers, "_list_pods", lambda ns, job: [])
-    handlers.sync("ns", "demo")
-    assert [p["phase"] for p in synced.patches] == ["Failed"]
-    assert any(c["reason"] == "JobDeleted" for c in synced.patches[0]["conditions"])
+def test_a_job_gone_from_the_cache_and_the_api_ends_the_run(synced) -> None:
+    controller, kube = synced
+    controller.sync("ns", "demo")
+    assert [p["phase"] for p in kube.patches] == ["Failed"]
+    assert any(c["reason"] == "JobDeleted" for c in kube.patches[0]["conditions"])
 
 
-def test_a_cached_job_costs_no_read(synced: _Writes, monkeypatch: pytest.MonkeyPatch) -> None:
-    handlers._CACHES["jobs"][("ns", "demo-train")] = [_job()]
-    monkeypatch.setattr(handlers, "_read_job", lambda ns, name: pytest.fail("read the Job despite the cache"))
-    handlers.sync("ns", "demo")
-    assert all(p.get("phase") in (None, "Suspended") for p in synced.patches), synced.patches
+def test_a_cached_job_costs_no_read(synced) -> None:
+    controller, kube = synced
+    controller.caches["jobs"][("ns", "demo-train")] = [_job()]
+    controller.sync("ns", "demo")
+    assert kube.reads == []
+    assert all(p.get("phase") in (None, "Suspended") for p in kube.patches), kube.patches
