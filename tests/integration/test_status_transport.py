@@ -107,6 +107,9 @@ def test_only_a_pod_of_the_run_may_report_and_only_a_valid_report_is_written(
     after = kubectl.status(namespace, "alpha")
     assert after["trainer"]["trainingStep"] == 7 and "xp" not in after and after["phase"] == "Suspended"
     assert "trainingStep" not in (kubectl.status(namespace, "beta").get("trainer") or {})
+    # No kubelet runs the parking node, so nothing would finish the pod's graceful deletion: the namespace
+    # would stay Terminating, its runs with it, for every later test's operator to trip over.
+    kubectl("delete", "pod", "alpha-pod", "-n", namespace, "--force", "--grace-period=0")
 
 
 def test_the_trainers_service_account_has_no_rbac_at_all(kubectl, operator, namespace) -> None:
