@@ -63,6 +63,12 @@ def resume_point(folder: Path, fingerprint: str) -> Path | None:
     return newest
 
 
+def newest_complete(folder: Path) -> Path | None:
+    """The newest checkpoint with a marker, looked up without ``resume_point``'s tidying: a worker other than
+    rank 0 must not remove the checkpoint whose marker rank 0 may be writing right now."""
+    return next((path for _, path in reversed(_checkpoints(folder)) if _marker(path) is not None), None)
+
+
 def relocate_best(checkpoint: Path) -> None:
     """Point the resumed state's best checkpoint (an absolute path) into this output folder: the
     folder may have moved (another volume mount), and the Trainer would otherwise drop the best

@@ -18,7 +18,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from lora_trainer import distributed
 from lora_trainer.callbacks import ProgressCallback
-from lora_trainer.checkpoints import MARKER, finished_state, relocate_best, resume_point
+from lora_trainer.checkpoints import finished_state, newest_complete, relocate_best, resume_point
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.events import format_duration
@@ -118,7 +118,8 @@ def _stop_the_group(ctx: RunContext, checkpoints: Path, adjustments: list[str]) 
     else:
         adjustments = [*adjustments, change]
         message = (f"out of GPU memory on worker rank {ctx.world.rank}: the group stops; its retry resumes from "
-                   f"{_newest_complete(checkpoints)} with {_describe(settings)}")
+                   f"{newest.name if (newest := newest_complete(checkpoints)) else 'the start'} with "
+                   f"{_describe(settings)}")
     save_plan(checkpoints, ctx.fingerprint, settings, adjustments, message, ctx.world.rank)
     print(f"lora-trainer: {message}", file=sys.stderr)  # this worker's log: only rank 0 reports
     return StepError(message)
@@ -128,14 +129,6 @@ def _describe(settings: Any) -> str:
     checkpointing = " and activation checkpointing" if settings.activation_checkpointing else ""
     return (f"batch {settings.per_device_train_batch_size} x accumulation "
             f"{settings.gradient_accumulation_steps}{checkpointing}")
-
-
-def _newest_complete(checkpoints: Path) -> str:
-    """Where the retry resumes, looked up without ``resume_point``'s tidying: a worker other than rank 0 must
-    not remove the checkpoint whose marker rank 0 may be writing right now."""
-    steps = [int(step) for marker in checkpoints.glob(f"checkpoint-*/{MARKER}")
-             if (step := marker.parent.name.removeprefix("checkpoint-")).isdigit()]
-    return f"checkpoint-{max(steps)}" if steps else "the start"
 
 
 def _resume_point(checkpoints: Path, fingerprint: str) -> Path | None:
