@@ -48,7 +48,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, run_object
     settings.watching.label_selectors["", "v1", "pods"] = selector
     env = os.environ
     kube = Kube.connect()
-    memo.minions = MinionController(kube.custom, timestamp)
+    memo.minions = MinionController(kube, timestamp)
     memo.runs = RunController(
         kube, builders.OperatorConfig.from_env(), memo.minions, {"runs": run_objects, "jobs": job_objects,
                                                                  "pods": pod_objects},

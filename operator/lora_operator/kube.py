@@ -16,8 +16,8 @@ import kubernetes
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from lora_contract import api
-from lora_operator import builders
+from lora_contract import api, minion
+from lora_operator import builders, cache
 
 
 class ChildRejected(Exception):
@@ -70,6 +70,21 @@ class Kube:
                                  builders.spec_configmap_name(name), namespace)
         return yaml.safe_load(found.data["spec.yaml"]) if found else None
 
+    # --- minions ---------------------------------------------------------------------------------
+    def read_minion(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_if_missing(self.custom().get_namespaced_custom_object, api.GROUP, api.VERSION, namespace,
+                                minion.PLURAL, name)
+
+    def replace_minion_status(self, found: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """``status`` as the minion's, at the resourceVersion of ``found``: 409 when it changed since."""
+        meta = found["metadata"]
+        body = {"apiVersion": f"{api.GROUP}/{api.VERSION}", "kind": minion.KIND,
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                             "resourceVersion": meta["resourceVersion"]},
+                "spec": found["spec"], "status": status}
+        return self.custom().replace_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, meta["namespace"], minion.PLURAL, meta["name"], body)
+
     # --- Jobs and pods ---------------------------------------------------------------------------
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         found = _none_if_missing(kubernetes.client.BatchV1Api(self.client).read_namespaced_job, name, namespace)
@@ -77,7 +92,7 @@ class Kube:
 
     def list_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return self._plain(kubernetes.client.CoreV1Api(self.client).list_namespaced_pod(
-            namespace, label_selector=f"batch.kubernetes.io/job-name={job}").items)
+            namespace, label_selector=f"{cache.JOB_NAME_LABEL}={job}").items)
 
     def suspend_job(self, namespace: str, job: str, suspend: bool) -> None:
         kubernetes.client.BatchV1Api(self.client).patch_namespaced_job(job, namespace, {"spec": {"suspend": suspend}})

@@ -7,21 +7,19 @@ to a status it did not see. The decisions are ``minions``' pure functions."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from lora_contract import api, minion
+from lora_contract import api
 from lora_contract.minion import LedgerEntry, MinionSpec, MinionStatus
 from lora_operator import minions
 from lora_operator import reasons as R
+from lora_operator.kube import Kube
 from lora_operator.status import set_condition
 
-log = logging.getLogger(__name__)
 # Conflicts tolerated in a row before a credit is left to the next try (the caller retries later).
 CONFLICT_RETRIES = 8
 
@@ -43,27 +41,19 @@ class MinionGone(Exception):
 class MinionController:
     """Minion I/O for the operator; one per operator process (kept in Kopf's memo)."""
 
-    def __init__(self, custom: Callable[[], kubernetes.client.CustomObjectsApi], now: Callable[[], str]) -> None:
-        self._custom, self._now = custom, now
-
-    def read(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._custom().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, minion.PLURAL, name)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+    def __init__(self, kube: Kube, now: Callable[[], str]) -> None:
+        self.kube, self._now = kube, now
 
     def spec(self, namespace: str, name: str) -> MinionSpec | None:
         """The minion's spec, or None when there is no such minion."""
-        found = self.read(namespace, name)
+        found = self.kube.read_minion(namespace, name)
         return MinionSpec.model_validate(found["spec"]) if found else None
 
     def credit(self, namespace: str, name: str, entry: LedgerEntry) -> Credited:
         """Credit ``entry`` to the minion once (by run UID), at the resourceVersion it read; on a conflict, read
         again and retry. Raises MinionGone, or ApiException for the caller to retry later."""
         for _ in range(CONFLICT_RETRIES):
-            found = self.read(namespace, name)
+            found = self.kube.read_minion(namespace, name)
             if found is None:
                 raise MinionGone(f"Minion {name} does not exist")
             spec = MinionSpec.model_validate(found["spec"])
@@ -101,13 +91,8 @@ class MinionController:
         return new
 
     def _replace_status(self, found: dict[str, Any], status: MinionStatus) -> dict[str, Any]:
-        meta = found["metadata"]
-        body = {"apiVersion": f"{api.GROUP}/{api.VERSION}", "kind": minion.KIND,
-                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                             "resourceVersion": meta["resourceVersion"]},
-                "spec": found["spec"], "status": status.model_dump(by_alias=True, exclude_none=True, mode="json")}
-        return self._custom().replace_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, meta["namespace"], minion.PLURAL, meta["name"], body)
+        return self.kube.replace_minion_status(found, status.model_dump(by_alias=True, exclude_none=True,
+                                                                        mode="json"))
 
 
 def _ready(status: MinionStatus, now: str, generation: int | None) -> list[api.Condition]:

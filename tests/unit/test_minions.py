@@ -116,26 +116,24 @@ def test_the_minion_model_rejects_what_the_apiserver_rejects(case: str, spec: di
 
 
 class _FakeMinions:
-    """The minion API as the controller uses it: get, and a status replace that refuses a stale
-    resourceVersion with 409 like the apiserver. ``meddle`` runs once before the first replace (a concurrent
-    writer)."""
+    """The minion calls of ``Kube`` as the controller uses them: a read, and a status replace that refuses a
+    stale resourceVersion with 409 like the apiserver. ``meddle`` runs once before the first replace (a
+    concurrent writer)."""
 
     def __init__(self, obj: dict, meddle=None) -> None:
         self.obj, self.meddle, self.replaces = obj, meddle, 0
 
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
-        if self.obj is None:
-            raise ApiException(status=404)
+    def read_minion(self, namespace, name):
         return copy.deepcopy(self.obj)
 
-    def replace_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
+    def replace_minion_status(self, found, status):
         self.replaces += 1
         if self.meddle:
             meddle, self.meddle = self.meddle, None
             meddle(self)
-        if body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
+        if found["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
             raise ApiException(status=409, reason="Conflict")
-        self.obj = {**self.obj, "status": body["status"], "metadata": {
+        self.obj = {**self.obj, "status": status, "metadata": {
             **self.obj["metadata"], "resourceVersion": str(int(self.obj["metadata"]["resourceVersion"]) + 1)}}
         return copy.deepcopy(self.obj)
 
@@ -152,10 +150,10 @@ def test_two_runs_finishing_together_are_both_credited_once() -> None:
     first = _entry("u1", 300, "2026-12-07T10:00:00Z")
 
     def concurrent(api: _FakeMinions) -> None:
-        MinionController(lambda: api, lambda: "2026-12-07T10:00:01Z").credit("ns", "ana", first)
+        MinionController(api, lambda: "2026-12-07T10:00:01Z").credit("ns", "ana", first)
 
     api = _FakeMinions(_minion_obj(), meddle=concurrent)
-    controller = MinionController(lambda: api, lambda: "2026-12-07T10:00:02Z")
+    controller = MinionController(api, lambda: "2026-12-07T10:00:02Z")
     done = controller.credit("ns", "ana", _entry("u2", 400, "2026-12-07T10:00:01Z"))
     assert done.status is not None and (done.status.xp, done.status.runs, done.level_before) == (700, 2, 1)
     assert api.replaces == 3  # ours refused once, the concurrent one, ours again
@@ -167,7 +165,7 @@ def test_two_runs_finishing_together_are_both_credited_once() -> None:
 
 
 def test_crediting_a_minion_that_is_gone_says_so() -> None:
-    controller = MinionController(lambda: _FakeMinions(None), lambda: "2026-12-07T10:00:00Z")
+    controller = MinionController(_FakeMinions(None), lambda: "2026-12-07T10:00:00Z")
     with pytest.raises(MinionGone):
         controller.credit("ns", "ana", _entry("u1", 1, "2026-12-07T10:00:00Z"))
     assert controller.spec("ns", "ana") is None
@@ -175,7 +173,7 @@ def test_crediting_a_minion_that_is_gone_says_so() -> None:
 
 def test_a_minion_gets_its_level_and_observed_generation_once() -> None:
     api = _FakeMinions(_minion_obj())
-    controller = MinionController(lambda: api, lambda: "2026-12-07T10:00:00Z")
+    controller = MinionController(api, lambda: "2026-12-07T10:00:00Z")
     status = controller.observe(api.obj)
     assert status is not None and status.observed_generation == 1 and status.next_level_xp == 500
     assert controller.observe(api.obj) is None and api.replaces == 1  # nothing new: no write
