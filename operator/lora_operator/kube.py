@@ -24,6 +24,12 @@ class ChildRejected(Exception):
     """The apiserver refused a child built from this spec as invalid: retrying the same spec cannot help."""
 
 
+class NamespaceTerminating(kopf.TemporaryError):
+    """The namespace is being deleted, and the run with it: nothing can be created there any more. Retried like
+    any temporary refusal (a namespace is never un-deleted, so the retry ends with the run), but not an error
+    worth a warning each time."""
+
+
 def _none_if_missing(call: Any, *args: Any) -> Any:
     try:
         return call(*args)
@@ -125,6 +131,8 @@ class Kube:
                 except (TypeError, ValueError):
                     detail = exc.body
                 raise ChildRejected(f"the {obj['kind']} built from this spec is invalid: {detail}") from err
+            if exc.status == 403 and "NamespaceTerminating" in str(exc.body):  # the Status's details.causes
+                raise NamespaceTerminating(f"namespace {namespace} is being deleted", delay=10) from err
             if exc.status != 409:
                 raise kopf.TemporaryError(f"creating {obj['kind']} {obj['metadata']['name']}: {exc.reason}: "
                                           f"{exc.body}", delay=10) from err

@@ -24,7 +24,7 @@ from lora_contract.validation import describe_validation_error
 from lora_contract.wire import timestamp
 from lora_operator import builders, cache, minions, progress_server
 from lora_operator import reasons as R
-from lora_operator.kube import ChildRejected, Kube
+from lora_operator.kube import ChildRejected, Kube, NamespaceTerminating
 from lora_operator.minion_controller import MinionController, MinionGone
 from lora_operator.minions import ModelMismatch, ledger_entry
 from lora_operator.status import (
@@ -241,6 +241,9 @@ class RunController:
             obj = builders.job(name, namespace, spec, self.config)
             kopf.append_owner_reference(obj, owner=run)
             self.kube.create(obj, namespace, run["metadata"]["uid"])
+        except NamespaceTerminating as err:  # the run goes with its namespace: nothing to restart
+            log.debug("not creating Job %s/%s again: %s", namespace, builders.job_name(name), err)
+            return False
         except (ApiException, kopf.TemporaryError, ChildRejected, ValidationError) as err:
             log.warning("creating Job %s/%s again for a group restart: %s", namespace, builders.job_name(name), err)
             return False

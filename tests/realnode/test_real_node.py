@@ -31,6 +31,8 @@ from tests.conftest import ROOT, StatusRecorder, assert_succeeded_with_results, 
 from tests.faults.conftest import complete_checkpoints
 from tests.realnode.conftest import RELEASE_NAMESPACE
 from tests.trainer.test_destinations import assert_adapter_computes_the_merged_model
+from tests.trainer.test_distributed import _finish
+from tests.trainer.test_distributed import _run as _run_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.realnode]
 
@@ -246,7 +248,7 @@ def _workers(host_pid: int) -> list[int]:
 
 @pytest.mark.e2e
 def test_a_run_over_two_pods_meets_through_its_service_and_restarts_as_a_group_after_a_delete_and_a_kill(
-        rk, real_cluster, operator_release, real_namespace):
+        rk, real_cluster, operator_release, real_namespace, tmp_path):
     """resources.nodes: 2 is an Indexed Job of two pods behind a headless Service: the pod of index 1 finds rank 0's
     at <job>-0.<job> (CoreDNS, the pod network) and the two train as one group.
     1. Deleting the index-1 pod mid-training stops both at one agreed checkpoint (its SIGTERM reaches one pod; the
@@ -254,10 +256,14 @@ def test_a_run_over_two_pods_meets_through_its_service_and_restarts_as_a_group_a
     2. Then a worker of the new index-1 pod is killed outright (SIGKILL, as an OOM kill would): its pod exits 1, the
        Job's pod-failure policy fails the Job, and the operator restarts the group as a whole (a new Job, counted
        in status.groupRestarts), which resumes from the newest checkpoint and succeeds, with rank 0's progress
-       only."""
+       only.
+    3. Its XP is what one process earns on the same spec (run here, outside the cluster, afterwards): in float32
+       without LoRA dropout the two train the same weights to float rounding (tests/trainer/test_distributed.py),
+       and resuming restores every random-number state, so neither the world size nor the two interruptions
+       change what is graded."""
     volume = _claim(rk, real_namespace, "group-out")
     run = _run("group", "group-out", resources={"gpu": 0, "nodes": 2, "cpu": "500m", "memory": "3Gi"})
-    run["spec"]["lora"].update({"maxSteps": 16, "saveSteps": 4, "evalSteps": 4})
+    run["spec"]["lora"].update({"maxSteps": 16, "saveSteps": 4, "evalSteps": 4, "bf16": False, "dropout": 0.0})
     rk.apply(run, real_namespace)
     run_dir = volume / real_namespace / "group"
     wait_for("a complete checkpoint on the PVC", lambda: complete_checkpoints(run_dir), timeout=900, interval=1)
@@ -306,6 +312,12 @@ def test_a_run_over_two_pods_meets_through_its_service_and_restarts_as_a_group_a
                                                       "involvedObject.name=group", "-o", "yaml"))["items"]]
     assert "GroupRestarting" in reasons, reasons
     assert status["xp"] > 0
+    alone = tmp_path / "alone"
+    code, err = _finish(_run_trainer(run["spec"], alone, 1), 1200)
+    assert code == 0, err[-3000:]
+    report = json.loads((alone / "report.json").read_text())
+    assert report["xp"] == status["xp"], (report["trainer"]["after"], status["trainer"]["after"])
+    print(f"MEASURED XP: 2 pods {status['xp']}, 1 process {report['xp']}")
 
 
 def test_s3_and_oci_outputs_without_a_volume_survive_a_deleted_pod_and_land_verified(
@@ -350,7 +362,7 @@ def test_s3_and_oci_outputs_without_a_volume_survive_a_deleted_pod_and_land_veri
     adapter = s3_server.download(s3_bucket, f"{prefix}/adapter/", tmp_path / "adapter")
     merged = s3_server.download(s3_bucket, f"{prefix}/merged/", tmp_path / "merged")
     model = api.ModelSpec.model_validate(run["spec"]["model"])
-    assert_adapter_computes_the_merged_model(lambda dtype: load_model(model, dtype, on_cpu=True).model,
+    assert_adapter_computes_the_merged_model(lambda dtype: load_model(model, dtype, "cpu").model,
                                              adapter, merged)
     oci = artifacts["destinations"][1]
     pulled = oci_registry.pull(f"{oci_registry.host()}/{real_namespace}/s3out@{oci['digest']}", tmp_path / "oci")

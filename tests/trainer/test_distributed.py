@@ -65,6 +65,23 @@ def _losses(output: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in _events(output) if e.get("type") == "train"}
 
 
+def _stopped_after_checkpoint_4(spec: dict, output: Path, **popen) -> int:
+    """2 workers, stopped by SIGTERM once checkpoint-4 is complete; the step of the newest complete checkpoint
+    (the test is skipped if the run finished first)."""
+    proc = _run(spec, output, 2, start_new_session=True, **popen)
+    deadline = time.monotonic() + 300
+    while not (output / "checkpoints" / "checkpoint-4" / MARKER).is_file() and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    code, err = _finish(proc, 300)
+    assert code in (EXIT_INTERRUPTED, EXIT_OK), err[-3000:]
+    if code == EXIT_OK:
+        pytest.skip("the run finished before the stop signal reached it")
+    return max(int(p.name.removeprefix("checkpoint-")) for p in (output / "checkpoints").iterdir()
+               if (p / MARKER).is_file())
+
+
 @pytest.fixture(scope="module")
 def one_and_two(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
     """The tiny spec (global batch 4, 6 optimizer steps) trained by 1 process and by 2; the 2-worker stderr.
@@ -124,12 +141,91 @@ def test_rank_0_alone_reports_grades_and_saves(one_and_two) -> None:
     assert steps == [(e["index"], e["state"]) for e in _events(one) if e.get("type") == "step"]  # one stream
     config = next(e["message"] for e in _events(two) if e.get("type") == "step" and e["index"] == 3
                   and e["state"] == "Completed")
-    assert "batch 2 x accumulation 1 x 2 processes = 4 items/step, 6 optimizer steps" in config
+    assert ("batch 2 x accumulation 1 x 2 processes = 4 items/step, 6 optimizer steps (maxSteps); DDP (auto: on CPU "
+            "every process holds the model in host memory)") in config
     report1, report2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
     assert report2["exitCode"] == 0 and report2["xp"] == report1["xp"]
     for which in ("before", "after"):  # the held-out loss rank 0 measures for the grade
         assert abs(report2["trainer"][which]["evalLoss"] - report1["trainer"][which]["evalLoss"]) < LOSS_TOLERANCE
     assert not (two / "checkpoints").exists() or not any((two / "checkpoints").iterdir())  # step 9 cleaned up
+
+
+# accelerate turns FSDP on only for GPU-like devices: on CPU it silently trains DDP, so a CPU test of FSDP would
+# test DDP twice. This module, imported at startup by every process of the run (the launcher and its workers),
+# puts accelerate's state into FSDP mode once the Trainer has created its accelerator, as it is on GPUs; the
+# step 4 message then reports the share of the parameters rank 0 held, which the test checks.
+FSDP_ON_CPU = """
+import transformers
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+create = transformers.Trainer.create_accelerator_and_postprocess
+
+def create_with_fsdp(self):
+    create(self)
+    if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+        state = self.accelerator.state
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+
+transformers.Trainer.create_accelerator_and_postprocess = create_with_fsdp
+"""
+
+
+def test_fsdp_shards_the_model_and_trains_what_one_process_trains(one_and_two, tmp_path: Path) -> None:
+    """resources.strategy: fsdp with 2 workers (FSDP2 over gloo): each holds half of every parameter, and the
+    losses, the adapter rank 0 saves (gathered onto a fresh base model) and the XP are the one-process run's
+    within the DDP tolerances: FSDP's gradient reduce-scatter sums in another order, nothing more."""
+    one, _, _ = one_and_two
+    spec = yaml.safe_load((one.parent / "one.yaml").read_text())
+    spec["resources"] = {**spec.get("resources", {}), "strategy": "fsdp"}
+    (tmp_path / "sitecustomize.py").write_text(FSDP_ON_CPU)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    output = tmp_path / "fsdp"
+    code, err = _finish(_run(spec, output, 2, env=env))
+    assert code == EXIT_OK, err[-3000:]
+    messages = {e["index"]: e["message"] for e in _events(output) if e.get("type") == "step"
+                and e["state"] == "Completed"}
+    assert "x 2 processes = 4 items/step, 6 optimizer steps (maxSteps); FSDP (resources.strategy: fsdp)" in messages[3]
+    held = float(messages[4].split("FSDP: rank 0 held ")[1].split("%")[0])
+    assert 45 < held < 55, messages[4]  # half of every parameter, give or take the odd-sized ones
+    losses1, losses2 = _losses(one), _losses(output)
+    assert sorted(losses1) == sorted(losses2)
+    assert all(abs(losses2[step] - loss) < LOSS_TOLERANCE for step, loss in losses1.items()), (losses1, losses2)
+    adapter1 = load_file(one / "adapter" / "adapter_model.safetensors")
+    adapter2 = load_file(output / "adapter" / "adapter_model.safetensors")
+    assert adapter1.keys() == adapter2.keys()
+    for key in adapter1:
+        assert torch.allclose(adapter1[key], adapter2[key], atol=WEIGHT_TOLERANCE), key
+    report1, report2 = (json.loads((d / "report.json").read_text()) for d in (one, output))
+    assert report2["xp"] == report1["xp"]
+
+
+def test_an_fsdp_checkpoint_resumes_under_fsdp_and_is_refused_clearly_by_one_process(tiny_model: Path,
+                                                                                      tmp_path: Path) -> None:
+    """SIGTERM to an FSDP group: one checkpoint, optimizer state keyed by parameter name. A retry in one process
+    cannot load that state: exit code 2 with what to change, the checkpoint kept; the FSDP retry resumes it."""
+    spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 40, "saveSteps": 4, "evalSteps": 1000, "batchSize": 2})
+    spec["resources"] = {**spec.get("resources", {}), "strategy": "fsdp"}
+    (tmp_path / "sitecustomize.py").write_text(FSDP_ON_CPU)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    output = tmp_path / "sharded"
+    saved = _stopped_after_checkpoint_4(spec, output, env=env)
+
+    code, err = _finish(_run(spec, output, 1, env=env))
+    assert code == EXIT_INVALID_INPUT, err[-3000:]
+    report = json.loads((output / "report.json").read_text())
+    assert (f"checkpoint-{saved} was saved by FSDP training and this attempt trains with one process or DDP"
+            in report["trainer"]["message"]), report["trainer"]["message"]
+    assert (output / "checkpoints" / f"checkpoint-{saved}" / MARKER).is_file()
+
+    code, err = _finish(_run(spec, output, 2, env=env))
+    assert code == EXIT_OK, err[-3000:]
+    resumed = [e["message"] for e in _events(output) if e.get("type") == "step" and e["index"] == 4
+               and e["state"] == "Completed"][-1]
+    assert f"resumed from checkpoint-{saved}" in resumed and resumed.startswith("40 optimizer steps"), resumed
+    assert "FSDP: rank 0 held" in resumed
 
 
 def test_workers_exit_codes_survive_the_launcher() -> None:
@@ -180,18 +276,7 @@ def test_a_checkpoint_of_two_workers_resumes_in_one_process(tiny_model: Path, tm
     optimizer (rank 0 saves them), the global batch is the same, so one process carries on from it."""
     spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 40, "saveSteps": 4, "evalSteps": 1000, "batchSize": 2})
     output = tmp_path / "shrunk"
-    proc = _run(spec, output, 2, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (output / "checkpoints" / "checkpoint-4" / MARKER).is_file() and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGTERM)
-    code, err = _finish(proc, 300)
-    assert code in (EXIT_INTERRUPTED, EXIT_OK), err[-3000:]
-    if code == EXIT_OK:
-        pytest.skip("the run finished before the stop signal reached it")
-    saved = max(int(p.name.removeprefix("checkpoint-")) for p in (output / "checkpoints").iterdir()
-                if (p / MARKER).is_file())
+    saved = _stopped_after_checkpoint_4(spec, output)
     code, err = _finish(_run(spec, output, 1))
     assert code == EXIT_OK, err[-3000:]
     resumed = [e["message"] for e in _events(output) if e.get("type") == "step" and e["index"] == 4

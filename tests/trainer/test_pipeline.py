@@ -33,7 +33,7 @@ from lora_trainer.cli import main
 from lora_trainer.context import RunContext
 from lora_trainer.events import ConsoleSink, Emitter, JsonlSink
 from lora_trainer.layout import write_atomically
-from lora_trainer.modeling import load_model
+from lora_trainer.modeling import Placement, load_model
 from lora_trainer.pipeline import EXECUTION_ORDER, STEP_RUNNERS, PipelineResult, run_pipeline
 from lora_trainer.steps import model as model_step
 from lora_trainer.steps import training_config, validation
@@ -229,9 +229,9 @@ def test_the_trained_model_is_freed_before_the_artifact_is_reloaded(tiny_model: 
         trained.append(weakref.ref(ctx.base_model.model))
         return done
 
-    def spy_load(spec: ModelSpec, dtype: Any, on_cpu: bool = False) -> Any:
+    def spy_load(spec: ModelSpec, dtype: Any, placement: Placement = "device") -> Any:
         reloaded.append((spec, trained[0]()))
-        return load_model(spec, dtype, on_cpu)
+        return load_model(spec, dtype, placement)
 
     monkeypatch.setitem(STEP_RUNNERS, 2, wrap_model)
     monkeypatch.setattr(validation, "load_model", spy_load)

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer import OPTIMIZER_NAME_BIN, TRAINER_STATE_NAME
 
 from lora_trainer.errors import InvalidInput
 
@@ -88,3 +88,18 @@ def finished_state(checkpoint: Path) -> dict[str, Any] | None:
     would run one more optimizer step past ``max_steps``."""
     state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
     return state if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"] else None
+
+
+def check_strategy(checkpoint: Path, sharded: bool) -> None:
+    """A checkpoint's optimizer state is resumed only under the kind of training that saved it: FSDP saves it
+    keyed by parameter name (``optimizer.bin``, which any FSDP world size reloads), one process and DDP by
+    position (``optimizer.pt``), and the Trainer cannot read one as the other. Refused with what to change,
+    rather than resumed with a fresh optimizer or failing in the Trainer's loader."""
+    saved_sharded = (checkpoint / OPTIMIZER_NAME_BIN).is_file()
+    if saved_sharded == sharded:
+        return
+    saved, now = ("FSDP", "one process or DDP") if saved_sharded else ("one process or DDP", "FSDP")
+    fix = "resources.strategy: fsdp with more than one process" if saved_sharded else "resources.strategy: ddp"
+    raise InvalidInput(f"{checkpoint.name} was saved by {saved} training and this attempt trains with {now}: its "
+                       f"optimizer state cannot be resumed across the two; set {fix} to resume from it, or delete "
+                       f"{checkpoint.parent} to start over")

@@ -19,8 +19,9 @@ from lora_trainer.evaluation import EvalItem
 from lora_trainer.formats import Example
 from lora_trainer.grader import BuiltinGrader, Grader
 from lora_trainer.layout import OutputLayout
-from lora_trainer.modeling import LoadedModel
+from lora_trainer.modeling import LoadedModel, Placement
 from lora_trainer.profiles import for_this_machine
+from lora_trainer.sharding import Strategy
 from lora_trainer.signals import StopSignals
 
 # LoRA fields that only say when to log, evaluate or save: changing them keeps checkpoints usable.
@@ -74,6 +75,7 @@ class RunContext:
     emit: Callable[[TrainerEvent], None]
     signals: StopSignals = field(default_factory=StopSignals)  # installed by the CLI; inert otherwise
     world: World = field(default_factory=World)  # this worker of a data-parallel run; rank 0 of 1 otherwise
+    strategy: Strategy = field(default_factory=lambda: Strategy("single", "one process"))  # ``sharding``
     tokenizer: Any = None
     data: PreparedData | None = None
     loaded: LoadedModel | None = None  # the base model of step 0, until saving frees it
@@ -147,6 +149,12 @@ class RunContext:
     @property
     def fingerprint(self) -> str:
         return training_fingerprint(self.spec)
+
+    @property
+    def evaluation_placement(self) -> Placement:
+        """Where rank 0 loads the models it grades: on its GPU, or over all of its node's GPUs when the model
+        is sharded for training because it does not fit one."""
+        return "spread" if self.strategy.sharded else "device"
 
     @property
     def dtype(self) -> Any:

@@ -11,7 +11,7 @@ import gc
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -96,11 +96,19 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def load_model(spec: ModelSpec, dtype: torch.dtype, on_cpu: bool = False) -> LoadedModel:
+# Where a model is loaded (``load_model``): "device", this worker's GPU (one process, or each DDP worker);
+# "cpu", host memory in full precision (merging a k-bit model's adapter); "spread", every GPU this process
+# sees (device_map="auto": rank 0 grading a model that FSDP shards for training, too big for one GPU);
+# "fsdp", what FSDP shards: host memory, or a k-bit model on this worker's GPU with its packed weights
+# stored in the compute dtype, which FSDP can shard (bitsandbytes' bnb_4bit_quant_storage).
+Placement = Literal["device", "cpu", "spread", "fsdp"]
+
+
+def load_model(spec: ModelSpec, dtype: torch.dtype, placement: Placement = "device") -> LoadedModel:
     """Load the base model in ``dtype`` (the training precision, see ``profiles``); k-bit through
-    bitsandbytes only with CUDA, else in ``dtype`` with a note. ``on_cpu`` keeps it off the GPU."""
+    bitsandbytes only with CUDA, else in ``dtype`` with a note."""
     source = resolve_source(spec)
-    cuda = torch.cuda.is_available() and not on_cpu
+    cuda = torch.cuda.is_available() and placement != "cpu"
     notes: list[str] = []
     kwargs = source.kwargs()
     quantized = spec.quantization != "none" and cuda and not source.gguf_file
@@ -111,17 +119,26 @@ def load_model(spec: ModelSpec, dtype: torch.dtype, on_cpu: bool = False) -> Loa
             notes.append(f"quantization {spec.quantization} does not apply to a GGUF file: dequantized weights")
     if quantized:
         compute = dtype if dtype != torch.float32 else torch.float16
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True) if spec.quantization == "8bit" else
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-                               bnb_4bit_use_double_quant=True)
-        )
+        if spec.quantization == "8bit":
+            if placement == "fsdp":
+                raise InvalidInput("FSDP cannot shard 8-bit (bitsandbytes int8) weights: use model.quantization: "
+                                   "4bit or none, or resources.strategy: ddp")
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            storage = {"bnb_4bit_quant_storage": compute} if placement == "fsdp" else {}
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                bnb_4bit_use_double_quant=True, **storage)
+            if storage:
+                kwargs["dtype"] = compute  # the unquantized layers, in the storage dtype FSDP shards with
         notes.append(f"{spec.quantization} quantized (bitsandbytes)")
     else:
         kwargs["dtype"] = dtype
         if spec.quantization != "none" and not source.gguf_file:
             notes.append(f"quantization {spec.quantization} needs a CUDA GPU: loaded in full precision on CPU")
-    if cuda:
+    if cuda and placement == "spread":
+        kwargs["device_map"] = "auto"
+    elif cuda and (placement == "device" or quantized):
         kwargs["device_map"] = {"": torch.cuda.current_device()}  # each data-parallel worker its own GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)

@@ -25,7 +25,7 @@ from lora_contract.api import PIPELINE_STEPS, LoraTrainingJobSpec, TrainerStatus
 from lora_contract.progress import FailureEvent, StepEvent, StopEvent, dump_status, final_summary
 from lora_contract.wire import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from lora_contract.xp import xp_for
-from lora_trainer import distributed
+from lora_trainer import distributed, sharding
 from lora_trainer.context import RunContext
 from lora_trainer.distributed import World
 from lora_trainer.errors import StepError, exit_code
@@ -142,6 +142,7 @@ def run_pipeline(spec: LoraTrainingJobSpec, output_dir: str | Path, sinks: Itera
     try:
         try:
             distributed.init(world, torch.cuda.is_available())
+            ctx.strategy = sharding.for_run(spec, world)
             for index in EXECUTION_ORDER if world.is_main else WORKER_STEPS:
                 if index == TRAINING_STEP and not shared:
                     shared = True

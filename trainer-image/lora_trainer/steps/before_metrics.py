@@ -119,7 +119,7 @@ def run(ctx: RunContext) -> str:
     started = time.monotonic()
     with reporting_growth(Path(huggingface_hub.constants.HF_HUB_CACHE), "loading the base model",
                           lambda message: ctx.note("before-metrics", message)):
-        ctx.loaded = load_model(spec.model, ctx.dtype)
+        ctx.loaded = load_model(spec.model, ctx.dtype, ctx.evaluation_placement)
     ctx.quantized = ctx.loaded.quantized
     loaded = f"loaded {resolve_source(spec.model).describe()} in {format_duration(time.monotonic() - started)}"
     ctx.grader = make_grader(spec.evaluation.grader)

@@ -60,7 +60,7 @@ def _merged(ctx: RunContext, adapter_dir: Path) -> Any:
     is lossy, and a full-precision copy beside the k-bit model could overflow the GPU)."""
     if ctx.quantized:
         full = ctx.spec.model.model_copy(update={"quantization": "none"})
-        base = load_model(full, ctx.dtype, on_cpu=True).model
+        base = load_model(full, ctx.dtype, "cpu").model
         return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     return ctx.model.merge_and_unload()
 

@@ -16,9 +16,9 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
-from lora_trainer import distributed
+from lora_trainer import distributed, sharding
 from lora_trainer.callbacks import ProgressCallback
-from lora_trainer.checkpoints import finished_state, newest_complete, relocate_best, resume_point
+from lora_trainer.checkpoints import check_strategy, finished_state, newest_complete, relocate_best, resume_point
 from lora_trainer.context import RunContext
 from lora_trainer.errors import StepError
 from lora_trainer.events import format_duration
@@ -31,10 +31,36 @@ from lora_trainer.memory_ladder import (
     save_plan,
     use_less_memory,
 )
-from lora_trainer.modeling import release_memory
+from lora_trainer.modeling import apply_lora, load_model, release_memory
 
 
 def run(ctx: RunContext) -> str:
+    done = _train(ctx)
+    return f"{done}; {_gathered(ctx)}" if ctx.strategy.sharded else done
+
+
+def _gathered(ctx: RunContext) -> str:
+    """After FSDP training every process holds a shard of the model, and all but rank 0 are about to exit:
+    the adapter is gathered (only its tensors, not the base weights) and rank 0 puts it on a fresh copy of
+    the base model, loaded where its steps 5 to 9 grade (``RunContext.evaluation_placement``). Merging is
+    not done inside FSDP (peft's FSDP guide lists it as unsupported); step 5 merges this copy."""
+    sharded = ctx.lora_model
+    local, total = sharding.shard_share(sharded)
+    full = sharding.full_adapter(sharded)
+    if not ctx.world.is_main:
+        return ""
+    adapter = get_peft_model_state_dict(sharded, state_dict=full)
+    ctx.model = ctx.loaded = sharded = None
+    release_memory()
+    ctx.loaded = load_model(ctx.spec.model, ctx.dtype, ctx.evaluation_placement)
+    ctx.model = apply_lora(ctx.loaded, ctx.spec.lora)
+    set_peft_model_state_dict(ctx.model, adapter)
+    held = (f"FSDP: rank 0 held {local / total:.1%} of the {total / 1e6:.2f}M parameters; " if local < total
+            else "FSDP: ")
+    return f"{held}the adapter ({len(adapter)} tensors) gathered onto a fresh copy of the base model"
+
+
+def _train(ctx: RunContext) -> str:
     plan, model = ctx.training_plan, ctx.lora_model
     initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     checkpoints = Path(plan.args.output_dir)
@@ -50,6 +76,8 @@ def run(ctx: RunContext) -> str:
     source = f" ({fetched} fetched from {ctx.buckets[0].dest.uri})" if fetched else ""
     if resume and done:
         return _finished_earlier(model, resume, done, plan.args.load_best_model_at_end) + source
+    if resume:
+        check_strategy(resume, ctx.strategy.sharded)
     # A data-parallel group that ran out of memory left its next rung: every worker applies it, and so does a
     # retry in one process (a group that shrank).
     saved = load_plan(checkpoints, ctx.fingerprint)

@@ -27,6 +27,7 @@ from lora_trainer.errors import InvalidInput
 from lora_trainer.formats import IGNORE_INDEX, Example, features
 from lora_trainer.layout import OutputLayout
 from lora_trainer.profiles import Resolved, for_this_machine
+from lora_trainer.sharding import fsdp_arguments
 from lora_trainer.steps.saving import folder_bytes, human_bytes
 
 DISK_MARGIN = 1.1  # tokenizer files, configs, the manifest and the report, filesystem overhead
@@ -58,7 +59,9 @@ def uses_packing(lora: LoraSettings) -> bool:
     return lora.packing if lora.packing is not None else True
 
 
-def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: bool, cuda: bool) -> Any:
+def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: bool, cuda: bool,
+                       sharding: dict[str, Any] | None = None) -> Any:
+    """``sharding``: FSDP's arguments (``sharding.fsdp_arguments``), for a sharded run."""
     # The best checkpoint by eval loss can be restored only if every save follows an evaluation.
     keep_best = has_eval and lora.save_steps % lora.eval_steps == 0
     return TrainingArguments(
@@ -100,6 +103,7 @@ def training_arguments(lora: LoraSettings, r: Resolved, output: Path, has_eval: 
         disable_tqdm=True,
         seed=lora.seed,
         data_seed=lora.seed,
+        **(sharding or {}),
     )
 
 
@@ -135,8 +139,9 @@ def run(ctx: RunContext) -> str:
     # The spec's global batch, split over the workers; the one-process number of optimizer steps.
     device_batch, accumulation = per_rank_batch(r.batch_size, r.gradient_accumulation_steps, world.size)
     total = optimizer_steps(len(train_rows), r.batch_size, r.gradient_accumulation_steps, r.epochs, lora.max_steps)
+    fsdp = fsdp_arguments(ctx.lora_model) if ctx.strategy.sharded else None
     args = training_arguments(lora, replace(r, batch_size=device_batch, gradient_accumulation_steps=accumulation),
-                              ctx.layout.checkpoints, bool(eval_rows), cuda)
+                              ctx.layout.checkpoints, bool(eval_rows), cuda, fsdp)
     if world.distributed:
         args.max_steps = total  # DistributedSampler pads each rank's share: epochs would round differently
     # One process trains on one GPU: several GPUs are several processes (DDP), never nn.DataParallel.
@@ -156,6 +161,8 @@ def run(ctx: RunContext) -> str:
         f"loss on {'answers only' if lora.completion_only_loss else 'all tokens'}, "
         f"packing {'on (padding-free)' if packing else 'off'}{'' if lora.packing is not None else ' (default)'}",
     ]
+    if ctx.strategy.name != "single":
+        parts.insert(1, f"{ctx.strategy.name.upper()} ({ctx.strategy.reason})")
     if args.load_best_model_at_end:
         parts.append("best checkpoint by eval loss restored at the end")
     if r.from_profile:

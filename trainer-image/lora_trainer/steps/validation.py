@@ -27,13 +27,13 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 5e-2}
 def _reload(ctx: RunContext) -> tuple[Any, str]:
     spec, artifacts = ctx.spec, ctx.artifacts
     if ctx.quantized:
-        base = load_model(spec.model, ctx.dtype).model
+        base = load_model(spec.model, ctx.dtype, ctx.evaluation_placement).model
         return PeftModel.from_pretrained(base, str(artifacts.adapter)), "k-bit base model + adapter"
     if artifacts.merged:
         merged = ModelSpec(path=str(Path(artifacts.merged).resolve()), trust_remote_code=spec.model.trust_remote_code)
-        return load_model(merged, ctx.dtype).model, "merged model"
+        return load_model(merged, ctx.dtype, ctx.evaluation_placement).model, "merged model"
     # merged in memory, so the graded model runs as fast as the base did
-    base = load_model(spec.model, ctx.dtype).model
+    base = load_model(spec.model, ctx.dtype, ctx.evaluation_placement).model
     return PeftModel.from_pretrained(base, str(artifacts.adapter)).merge_and_unload(), "base model + adapter"
 
 
