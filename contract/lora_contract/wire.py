@@ -64,3 +64,4 @@ NODE_RANK_ENV = "PET_NODE_RANK"
 MASTER_ADDR_ENV = "PET_MASTER_ADDR"
 MASTER_PORT_ENV = "PET_MASTER_PORT"
 RENDEZVOUS_PORT = 29500
+GATHER_PORT = RENDEZVOUS_PORT + 1  # rank 0's pod, where the others check in first (lora_trainer.distributed.gather)

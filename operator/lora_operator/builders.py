@@ -23,6 +23,7 @@ from lora_contract.wire import (
     DESTINATION_SECRETS_ENV,
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
+    GATHER_PORT,
     MASTER_ADDR_ENV,
     MASTER_PORT_ENV,
     NNODES_ENV,
@@ -290,7 +291,8 @@ def workers_service(name: str) -> dict[str, Any]:
         "metadata": {"name": job, "labels": labels(name)},
         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                  "selector": {"batch.kubernetes.io/job-name": job},
-                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}]},
+                 "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT},
+                           {"name": "gather", "port": GATHER_PORT, "targetPort": GATHER_PORT}]},
     }
 
 

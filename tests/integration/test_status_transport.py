@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from lora_contract import progress
-from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, RENDEZVOUS_PORT
+from lora_contract.wire import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, GATHER_PORT, RENDEZVOUS_PORT
 from lora_operator.builders import COMPLETION_INDEX
 from tests.conftest import PARKING_NODE, parked_pod, pvc, wait_for
 from tests.integration.test_operator_lifecycle import _ltj
@@ -197,7 +197,7 @@ def test_in_a_run_over_two_pods_only_the_rank_0_pod_may_report(
     assert service["metadata"]["ownerReferences"][0]["uid"] == owner
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job}
-    assert [p["port"] for p in service["spec"]["ports"]] == [RENDEZVOUS_PORT]
+    assert [p["port"] for p in service["spec"]["ports"]] == [RENDEZVOUS_PORT, GATHER_PORT]
 
     tokens, names = {}, {}
     for index, (pod, pgid) in held.items():

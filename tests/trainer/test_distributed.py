@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,7 @@ from lora_contract.wire import (
     NPROC_PER_NODE_ENV,
 )
 from lora_trainer.checkpoints import MARKER
-from lora_trainer.distributed import exit_code_of
+from lora_trainer.distributed import Group, GroupNotFormed, exit_code_of, gather
 from tests.cluster.controlplane import free_port
 from tests.trainer.conftest import tiny_spec_dict
 
@@ -226,6 +229,79 @@ def test_an_fsdp_checkpoint_resumes_under_fsdp_and_is_refused_clearly_by_one_pro
                and e["state"] == "Completed"][-1]
     assert f"resumed from checkpoint-{saved}" in resumed and resumed.startswith("40 optimizer steps"), resumed
     assert "FSDP: rank 0 held" in resumed
+
+
+def test_the_group_gathers_with_a_replaced_pod_and_starts_only_when_all_are_there() -> None:
+    """Node rank 0 and two others check in (``distributed.gather``); the first pod of rank 1 goes away after
+    checking in (deleted) and its replacement checks in: rank 0 lets the group go only once ranks 1 and 2 are
+    connected, and every live pod is told to go."""
+    port = free_port()
+    master = f"127.0.0.1:{port - 1}"  # gather listens on the master port + 1
+    done: dict[str, float] = {}
+
+    def member(name: str, rank: int) -> threading.Thread:
+        def go() -> None:
+            gather(Group(3, rank, master), timeout=60, poll=0.05)
+            done[name] = time.monotonic()
+        thread = threading.Thread(target=go, daemon=True)
+        thread.start()
+        return thread
+
+    rank_0 = member("rank 0", 0)
+    wait_until = time.monotonic() + 10
+    while time.monotonic() < wait_until:  # a pod of rank 1 checks in, then is deleted
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as gone:
+            gone.sendall(b"1\n")
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    rank_2 = member("rank 2", 2)
+    time.sleep(0.5)
+    assert not done, "the group went with rank 1 gone"
+    replacement = member("rank 1", 1)
+    for thread in (rank_0, rank_2, replacement):
+        thread.join(timeout=10)
+    assert sorted(done) == ["rank 0", "rank 1", "rank 2"]
+
+
+def test_the_group_does_not_gather_when_rank_0_never_comes() -> None:
+    with pytest.raises(GroupNotFormed, match="did not gather the group"):
+        gather(Group(2, 1, f"127.0.0.1:{free_port() - 1}"), timeout=1, poll=0.1)
+
+
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_a_pod_waiting_for_its_group_stops_at_sigterm_in_seconds(tiny_model: Path, tmp_path: Path,
+                                                                 node_rank: int) -> None:
+    """A pod deleted before its group formed (the others not started): it leaves with 143 at once (a disruption)
+    instead of ignoring the SIGTERM inside torch's rendezvous until the kubelet kills it (137, a dead worker).
+    The test waits until the pod is in the gather: rank 0 listening, rank 1 checked in with a stand-in rank 0."""
+    port = free_port()
+    stand_in = None
+    if node_rank == 1:
+        stand_in = socket.create_server(("127.0.0.1", port))
+        stand_in.settimeout(120)
+    group = {NNODES_ENV: "2", NPROC_PER_NODE_ENV: "1", MASTER_ADDR_ENV: "127.0.0.1",
+             MASTER_PORT_ENV: str(port - 1), NODE_RANK_ENV: str(node_rank)}
+    proc = _run(tiny_spec_dict(tiny_model), tmp_path / "pod", 1, env={**os.environ, **group})
+    if stand_in is not None:
+        with stand_in, stand_in.accept()[0] as connection:
+            assert connection.recv(16) == b"1\n"  # checked in: now waiting for "go"
+            os.kill(proc.pid, signal.SIGTERM)
+            started = time.monotonic()
+            code, err = _finish(proc, 60)
+    else:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break  # listening: in the gather (the connection says nothing and goes)
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGTERM)
+        started = time.monotonic()
+        code, err = _finish(proc, 60)
+    assert code == EXIT_INTERRUPTED, err[-3000:]
+    assert time.monotonic() - started < 10
+    assert "stopped by SIGTERM before the run started" in err
 
 
 def test_workers_exit_codes_survive_the_launcher() -> None:

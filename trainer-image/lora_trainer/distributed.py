@@ -21,7 +21,9 @@ one-process run does. What is ours on top of the launcher:
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +35,7 @@ from lora_contract.wire import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
     EXIT_OK,
+    GATHER_PORT,
     MASTER_ADDR_ENV,
     MASTER_PORT_ENV,
     NNODES_ENV,
@@ -148,6 +151,87 @@ class Group:
                    f"{os.environ[MASTER_ADDR_ENV]}:{os.environ.get(MASTER_PORT_ENV, RENDEZVOUS_PORT)}")
 
 
+class GroupNotFormed(Exception):
+    """The pods of a group did not all check in within the rendezvous timeout."""
+
+
+def _checked_in(connection: socket.socket) -> bool:
+    """Whether a peer's connection (non-blocking) is still open: a pod deleted after checking in closed it."""
+    try:
+        return connection.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True  # open, nothing sent: as expected
+    except OSError:
+        return False
+
+
+def gather(group: Group, timeout: float = RENDEZVOUS_TIMEOUT, poll: float = 1.0) -> None:
+    """Wait, in Python, until every pod of ``group`` has started, before torchrun's rendezvous.
+
+    Why: torch's static rendezvous waits for the others inside C++ (up to RENDEZVOUS_TIMEOUT), where a Python
+    signal handler cannot run, so a pod deleted while its group formed (the others still pulling images, not
+    yet scheduled) ignored its SIGTERM, held its GPU for the whole grace period and was killed (137), which
+    counts as a dead worker. Here every wait is a one-second socket call: a SIGTERM raises ``Interrupted`` at
+    once (exit 143, a disruption). Node rank 0 listens on the master port + 1 (``GATHER_PORT``, a port of the
+    run's headless Service); each other pod connects, says
+    its node rank and waits for "go", which rank 0 sends once every rank's connection is open (a replacement
+    pod's connection takes the place of the one it replaces). torchrun's rendezvous then forms in seconds."""
+    host, port = group.master.rsplit(":", 1)
+    port_offset = GATHER_PORT - RENDEZVOUS_PORT  # the master port + 1, whichever master port the pods were given
+    deadline = time.monotonic() + timeout
+    if group.node_rank == 0:
+        _gather_as_rank_0(int(port) + port_offset, group.nodes, deadline, poll)
+    else:
+        _check_in(host, int(port) + port_offset, group.node_rank, deadline, poll)
+
+
+def _gather_as_rank_0(port: int, nodes: int, deadline: float, poll: float) -> None:
+    peers: dict[int, socket.socket] = {}
+    with socket.create_server(("", port), reuse_port=False) as server:
+        server.settimeout(poll)
+        while len(peers) < nodes - 1 or not all(_checked_in(c) for c in peers.values()):
+            for rank in [rank for rank, c in peers.items() if not _checked_in(c)]:
+                peers.pop(rank).close()  # a pod deleted after checking in: its replacement checks in again
+            if time.monotonic() > deadline:
+                raise GroupNotFormed(f"{len(peers) + 1} of {nodes} pods started within {RENDEZVOUS_TIMEOUT} s")
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            connection.settimeout(poll)
+            try:
+                rank = int(connection.recv(16).decode().strip())
+            except (OSError, ValueError):
+                connection.close()
+                continue
+            if rank in peers:
+                peers[rank].close()
+            connection.setblocking(False)
+            peers[rank] = connection
+        for connection in peers.values():
+            with connection:
+                connection.setblocking(True)
+                connection.sendall(b"go\n")
+
+
+def _check_in(host: str, port: int, node_rank: int, deadline: float, poll: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=poll) as connection:
+                connection.sendall(f"{node_rank}\n".encode())
+                while time.monotonic() < deadline:
+                    try:
+                        answer = connection.recv(16)
+                    except TimeoutError:
+                        continue
+                    if answer.startswith(b"go"):
+                        return
+                    break  # rank 0's pod went away: check in with its replacement
+        except OSError:  # not resolvable or not listening yet
+            time.sleep(poll)
+    raise GroupNotFormed(f"node rank 0 at {host}:{port} did not gather the group within {RENDEZVOUS_TIMEOUT} s")
+
+
 def launch(nproc: int, argv: list[str], grace_seconds: int, group: Group | None = None) -> int:
     """Run ``lora-trainer <argv>`` as ``nproc`` workers on this machine and wait; the run's exit code.
     ``grace_seconds``: how long the workers get, after a SIGTERM, to save and exit. One node: torchrun
@@ -158,6 +242,12 @@ def launch(nproc: int, argv: list[str], grace_seconds: int, group: Group | None 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     group = group or Group()
+    if group.nodes > 1:
+        try:
+            gather(group)
+        except GroupNotFormed as err:
+            print(f"lora-trainer: {err}", file=sys.stderr)
+            return EXIT_FAILED
     if group.nodes == 1:
         rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": "127.0.0.1:0", "run_id": f"lora-{uuid.uuid4().hex[:8]}"}
     else:  # rank 0's pod serves the store; the others wait up to RENDEZVOUS_TIMEOUT for it (its image pull)
