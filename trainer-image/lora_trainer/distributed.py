@@ -173,27 +173,29 @@ def gather(group: Group, timeout: float = RENDEZVOUS_TIMEOUT, poll: float = 1.0)
     yet scheduled) ignored its SIGTERM, held its GPU for the whole grace period and was killed (137), which
     counts as a dead worker. Here every wait is a one-second socket call: a SIGTERM raises ``Interrupted`` at
     once (exit 143, a disruption). Node rank 0 listens on the master port + 1 (``GATHER_PORT``, a port of the
-    run's headless Service); each other pod connects, says
-    its node rank and waits for "go", which rank 0 sends once every rank's connection is open (a replacement
-    pod's connection takes the place of the one it replaces). torchrun's rendezvous then forms in seconds."""
+    run's headless Service); each other pod connects, says its node rank and waits for "go", which rank 0 sends
+    once every rank's connection is open (a replacement pod's connection takes the place of the one it
+    replaces). torchrun's rendezvous then forms in seconds."""
     host, port = group.master.rsplit(":", 1)
     port_offset = GATHER_PORT - RENDEZVOUS_PORT  # the master port + 1, whichever master port the pods were given
-    deadline = time.monotonic() + timeout
     if group.node_rank == 0:
-        _gather_as_rank_0(int(port) + port_offset, group.nodes, deadline, poll)
+        _gather_as_rank_0(int(port) + port_offset, group.nodes, timeout, poll)
     else:
-        _check_in(host, int(port) + port_offset, group.node_rank, deadline, poll)
+        _check_in(host, int(port) + port_offset, group.node_rank, timeout, poll)
 
 
-def _gather_as_rank_0(port: int, nodes: int, deadline: float, poll: float) -> None:
+def _gather_as_rank_0(port: int, nodes: int, timeout: float, poll: float) -> None:
+    deadline = time.monotonic() + timeout
     peers: dict[int, socket.socket] = {}
     with socket.create_server(("", port), reuse_port=False) as server:
         server.settimeout(poll)
-        while len(peers) < nodes - 1 or not all(_checked_in(c) for c in peers.values()):
+        while True:
             for rank in [rank for rank, c in peers.items() if not _checked_in(c)]:
                 peers.pop(rank).close()  # a pod deleted after checking in: its replacement checks in again
+            if len(peers) == nodes - 1:
+                break
             if time.monotonic() > deadline:
-                raise GroupNotFormed(f"{len(peers) + 1} of {nodes} pods started within {RENDEZVOUS_TIMEOUT} s")
+                raise GroupNotFormed(f"{len(peers) + 1} of {nodes} pods started within {timeout:g} s")
             try:
                 connection, _ = server.accept()
             except TimeoutError:
@@ -214,7 +216,8 @@ def _gather_as_rank_0(port: int, nodes: int, deadline: float, poll: float) -> No
                 connection.sendall(b"go\n")
 
 
-def _check_in(host: str, port: int, node_rank: int, deadline: float, poll: float) -> None:
+def _check_in(host: str, port: int, node_rank: int, timeout: float, poll: float) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=poll) as connection:
@@ -229,7 +232,7 @@ def _check_in(host: str, port: int, node_rank: int, deadline: float, poll: float
                     break  # rank 0's pod went away: check in with its replacement
         except OSError:  # not resolvable or not listening yet
             time.sleep(poll)
-    raise GroupNotFormed(f"node rank 0 at {host}:{port} did not gather the group within {RENDEZVOUS_TIMEOUT} s")
+    raise GroupNotFormed(f"node rank 0 at {host}:{port} did not gather the group within {timeout:g} s")
 
 
 def launch(nproc: int, argv: list[str], grace_seconds: int, group: Group | None = None) -> int:
