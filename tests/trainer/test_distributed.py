@@ -54,6 +54,13 @@ def _run(spec: dict, output: Path, nproc: int, timeout: float = 600, **popen) ->
          "--nproc-per-node", str(nproc)], text=True, **{"stderr": subprocess.PIPE, **popen})
 
 
+def with_sitecustomize(folder: Path, code: str) -> dict[str, str]:
+    """The environment of a run whose every process (the launcher and its workers) imports ``code`` at startup:
+    as ``sitecustomize`` from ``folder``, put first on PYTHONPATH."""
+    (folder / "sitecustomize.py").write_text(code)
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def _finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:
     _, err = proc.communicate(timeout=timeout)
     return proc.returncode, err
@@ -183,8 +190,7 @@ def test_fsdp_shards_the_model_and_trains_what_one_process_trains(one_and_two, t
     one, _, _ = one_and_two
     spec = yaml.safe_load((one.parent / "one.yaml").read_text())
     spec["resources"] = {**spec.get("resources", {}), "strategy": "fsdp"}
-    (tmp_path / "sitecustomize.py").write_text(FSDP_ON_CPU)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = with_sitecustomize(tmp_path, FSDP_ON_CPU)
     output = tmp_path / "fsdp"
     code, err = _finish(_run(spec, output, 2, env=env))
     assert code == EXIT_OK, err[-3000:]
@@ -211,8 +217,7 @@ def test_an_fsdp_checkpoint_resumes_under_fsdp_and_is_refused_clearly_by_one_pro
     cannot load that state: exit code 2 with what to change, the checkpoint kept; the FSDP retry resumes it."""
     spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 40, "saveSteps": 4, "evalSteps": 1000, "batchSize": 2})
     spec["resources"] = {**spec.get("resources", {}), "strategy": "fsdp"}
-    (tmp_path / "sitecustomize.py").write_text(FSDP_ON_CPU)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = with_sitecustomize(tmp_path, FSDP_ON_CPU)
     output = tmp_path / "sharded"
     saved = _stopped_after_checkpoint_4(spec, output, env=env)
 

@@ -10,7 +10,6 @@ its PYTHONPATH, which Python imports at startup in every process (the launcher a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +23,7 @@ from lora_trainer.loss import LabelledLogitsTrainer
 from lora_trainer.memory_ladder import PLAN_FILE, apply_plan, is_out_of_memory, load_plan, save_plan, use_less_memory
 from lora_trainer.steps import training
 from tests.trainer.conftest import tiny_spec, tiny_spec_dict
-from tests.trainer.test_distributed import _events, _finish, _run
+from tests.trainer.test_distributed import _events, _finish, _run, with_sitecustomize
 from tests.trainer.test_pipeline import run
 
 TRAINING = 4
@@ -162,8 +161,7 @@ def test_out_of_memory_in_one_worker_stops_the_group_and_its_retry_uses_smaller_
     """2 workers over gloo, global batch 4 (2 x 1 each). Rank 1 fits micro-batches of 1 item only from its 4th on
     (step 4): the group fails with exit code 1, leaving the plan; its retry in the same folder resumes from
     checkpoint-2 at batch 1 x accumulation 2 each and trains the same 6 optimizer steps."""
-    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    env = {**with_sitecustomize(tmp_path, SITECUSTOMIZE),
            "TQDM_DISABLE": "1", "OOM_RANK": "1", "OOM_ITEMS": "1", "OOM_AFTER": "3"}
     spec = tiny_spec_dict(tiny_model, lora={"maxSteps": 6, "saveSteps": 2, "evalSteps": 2})
     output = tmp_path / "run"
